@@ -1,0 +1,222 @@
+/*
+ * isolane_dp.h - the contract between Python (cffi) and the C fast path.
+ *
+ * This file is read by cffi as its cdef, so it holds only plain types,
+ * integer constants and prototypes: no includes, no macros with bodies.
+ * Handles are opaque; every function returns 0 or -errno unless it says
+ * otherwise. Internal headers (datapath/src/) never reach cffi.
+ */
+#ifndef ISOLANE_DP_H
+#define ISOLANE_DP_H
+
+#include <stdint.h> /* dropped from the cdef: cffi knows these types */
+
+#define DP_ABI_VERSION 1
+
+#define DP_MAX_TENANTS 256
+#define DP_MAX_RULES 4096
+#define DP_MAX_FLOWS 256
+
+/* Latency histogram: log-linear over TSC cycles, <= 0.4% relative error
+ * (bucket midpoint) from 0 to 2^45 cycles; 256 linear buckets, then 128
+ * per octave. */
+#define DP_HIST_BUCKETS 4992
+
+typedef struct dp dp_t;
+
+/* The probe header that isolane's generators put at the start of a UDP
+ * payload (little endian): the spin handler burns cost_ns when the magic
+ * matches; seq and t_send let a load generator match replies. */
+#define DP_PROBE_MAGIC 0x4e4c5349
+struct dp_probe {
+	uint32_t magic;
+	uint32_t cost_ns;
+	uint64_t seq;
+	uint64_t t_send;
+};
+
+enum dp_policy {
+	DP_POLICY_FIFO = 0,      /* one arrival-order queue: no isolation */
+	DP_POLICY_PKT_RATE = 1,  /* per-tenant packet-rate token buckets */
+	DP_POLICY_BYTE_RATE = 2, /* per-tenant byte-rate token buckets */
+	DP_POLICY_CYCLES = 3,    /* per-tenant CPU-cycle budgets: time protection */
+};
+
+enum dp_handler_kind {
+	DP_HANDLER_DROP = 0,  /* drops every packet (a tenant with no program) */
+	DP_HANDLER_ECHO = 1,  /* swaps L2/L3/L4 addresses and transmits */
+	DP_HANDLER_SPIN = 2,  /* burns the packet's or the tenant's cost, then echoes */
+};
+
+enum dp_verdict {
+	DP_XDP_ABORTED = 0,
+	DP_XDP_DROP = 1,
+	DP_XDP_PASS = 2,
+	DP_XDP_TX = 3,
+	DP_XDP_REDIRECT = 4,
+};
+
+/* Why a tenant's packet was dropped by the datapath (not by its handler). */
+enum dp_drop_reason {
+	DP_DROP_QUEUE_FULL = 0,  /* the tenant's own queue was full */
+	DP_DROP_FAULT = 1,       /* the handler faulted or ran out of budget */
+	DP_DROP_TX_FULL = 2,     /* the backend could not take the reply */
+	DP_DROP_NO_SLOWPATH = 3, /* XDP_PASS with no slow path attached */
+	DP_DROP_REASONS = 4,
+};
+
+/* Why a packet could not be given to any tenant. */
+enum dp_global_drop {
+	DP_GDROP_MALFORMED = 0, /* truncated or inconsistent headers */
+	DP_GDROP_UNKNOWN = 1,   /* no classifier rule matched */
+	DP_GDROP_REASONS = 2,
+};
+
+struct dp_config {
+	uint32_t policy;          /* enum dp_policy */
+	uint32_t work_conserving; /* budget policies: lend idle time to broke tenants */
+	uint32_t accounting;      /* time each handler with rdtsc and charge it */
+	uint32_t refill_us;       /* budget refill period */
+	uint32_t quantum_ns;      /* max time in one dequeue phase before polling RX */
+	uint32_t rx_batch;        /* packets per rx_burst (<= 64) */
+	int32_t core;             /* CPU to pin the fast-path thread to, -1: none */
+};
+
+struct dp_tenant_config {
+	uint32_t queue_cap;   /* bounded per-tenant queue, power of two */
+	uint32_t handler;     /* enum dp_handler_kind */
+	uint32_t spin_ns;     /* spin: cost when the packet does not carry one */
+	uint32_t _pad;
+	double share;         /* cycles: fraction of the core, 0..1 */
+	double cap_us;        /* cycles: most credit a tenant may hold */
+	double pkt_rate;      /* pkt_rate: packets per second */
+	double pkt_burst;     /* pkt_rate: bucket depth in packets */
+	double byte_rate;     /* byte_rate: bytes per second */
+	double byte_burst;    /* byte_rate: bucket depth in bytes */
+};
+
+/* A classifier rule; a zero field (or proto 0) is a wildcard.
+ * The most specific matching rule wins (see classify.c). */
+struct dp_rule {
+	uint32_t ip_dst; /* IPv4 destination, host byte order */
+	uint16_t dport;  /* UDP/TCP destination port */
+	uint16_t vlan;   /* 802.1Q VLAN id */
+	uint8_t proto;   /* 17 UDP, 6 TCP, 0 any */
+	uint8_t _pad;
+	uint16_t tenant;
+};
+
+struct dp_tenant_stats {
+	uint64_t rx;              /* classified to this tenant */
+	uint64_t tx;              /* handler said XDP_TX and the reply went out */
+	uint64_t passed;          /* handler said XDP_PASS */
+	uint64_t drop_verdict;    /* handler said XDP_DROP / ABORTED */
+	uint64_t completed;       /* handler finished (any verdict) */
+	uint64_t drops[4];        /* by enum dp_drop_reason */
+	uint64_t cycles;          /* cycles charged (handler + share of batch work) */
+	uint64_t lent_cycles;     /* cycles run on lent (idle) time, not charged */
+	uint64_t throttles;       /* times the tenant was found broke with backlog */
+	int64_t balance_cycles;   /* cycles policy: current balance (may be < 0) */
+	uint64_t queue_len;
+};
+
+struct dp_global_stats {
+	uint64_t loops;
+	uint64_t busy_loops;
+	uint64_t rx;
+	uint64_t drops[2];  /* by enum dp_global_drop */
+	uint64_t busy_cycles;
+	uint64_t total_cycles;
+};
+
+/* mem backend: open-loop arrivals generated in C on another core. */
+enum dp_arrival {
+	DP_ARRIVAL_POISSON = 0,
+	DP_ARRIVAL_ONOFF = 1,    /* Poisson while on, silent while off */
+	DP_ARRIVAL_UNIFORM = 2,  /* constant spacing */
+	DP_ARRIVAL_SATURATE = 3, /* as fast as the ring takes them */
+};
+
+struct dp_mem_flow {
+	const uint8_t *frame; /* Ethernet frame template, copied at setup */
+	uint32_t len;
+	uint32_t arrival;     /* enum dp_arrival */
+	double rate_pps;      /* mean rate (while on, for ONOFF) */
+	double on_us;
+	double off_us;
+};
+
+struct dp_mem_config {
+	uint32_t ring_size;   /* rx/tx ring entries, power of two */
+	uint32_t n_frames;    /* frames in the pool, power of two */
+	int32_t core;         /* generator core, -1: none */
+	uint32_t _pad;
+	double duration_s;    /* generator stops after this long */
+	uint64_t seed;
+};
+
+struct dp_flow_stats {
+	uint64_t sent;      /* arrivals generated (intended sends) */
+	uint64_t dropped;   /* rx ring full or no free frame: lost at the "NIC" */
+};
+
+/* lifecycle */
+int dp_create(const struct dp_config *cfg, dp_t **out);
+void dp_destroy(dp_t *dp);
+int dp_start(dp_t *dp);
+int dp_stop(dp_t *dp);
+int dp_running(dp_t *dp);
+
+/* configuration: applied directly when stopped, through the command ring
+ * when running (the call waits until the loop has applied it). */
+int dp_tenant_add(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg);
+int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg);
+int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n);
+
+/* backends */
+int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg,
+		   const struct dp_mem_flow *flows, uint32_t n_flows);
+int dp_mem_done(dp_t *dp);  /* 1 once the generator has finished */
+int dp_flow_stats(dp_t *dp, uint32_t flow, struct dp_flow_stats *out);
+
+/* stats (safe to call while running) */
+int dp_tenant_stats(dp_t *dp, uint32_t id, struct dp_tenant_stats *out);
+int dp_tenant_hist(dp_t *dp, uint32_t id, uint64_t *buckets, uint32_t n);
+int dp_global_stats(dp_t *dp, struct dp_global_stats *out);
+int dp_reset_stats(dp_t *dp);
+
+/* one packet through the classifier and a tenant's handler, synchronously
+ * (the loop must be stopped): for tests and tools. Returns the verdict,
+ * -ENOENT when no rule matches, -EBADMSG when malformed. */
+int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap,
+		   uint32_t *tenant_out);
+
+/* time */
+double dp_tsc_hz(void);
+uint64_t dp_rdtsc(void);
+
+/* histogram primitives, exported for tests */
+uint32_t dp_hist_index(uint64_t value);
+uint64_t dp_hist_lower(uint32_t index);
+uint64_t dp_hist_upper(uint32_t index);
+
+/* Scheduler simulation on a virtual clock: the real policy code driven
+ * without packets, for property tests. Every tenant in `tenants` is always
+ * backlogged from tick `backlog_from[i]` to `backlog_until[i]`; serving one
+ * packet of tenant i costs cost_cycles[i]. Returns the number of trace
+ * entries written: (tenant, start, end) per served packet, or -errno. */
+struct dp_sim_event {
+	uint32_t tenant;   /* index into the tenant arrays; UINT32_MAX = idle */
+	uint32_t lent;
+	uint64_t start;
+	uint64_t end;
+};
+int dp_sched_simulate(uint32_t policy, uint32_t work_conserving,
+		      uint32_t quantum_cycles, uint32_t refill_cycles,
+		      const struct dp_tenant_config *tenants, uint32_t n,
+		      const uint64_t *cost_cycles,
+		      const uint64_t *backlog_from, const uint64_t *backlog_until,
+		      uint64_t horizon, struct dp_sim_event *trace,
+		      uint32_t trace_cap);
+
+#endif /* ISOLANE_DP_H */

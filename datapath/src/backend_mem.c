@@ -1,0 +1,334 @@
+/* backend_mem.c - the in-memory backend: an open-loop traffic generator.
+ *
+ * A generator thread, pinned to its own core, produces each flow's
+ * arrivals (Poisson, on/off Poisson, uniform, or as fast as the ring takes
+ * them), stamps every packet with the TSC at which it was *meant* to be
+ * sent, and pushes it into the RX ring. Frames come back through one
+ * return ring whether the datapath transmitted or dropped them: the "wire"
+ * ends at the generator. An arrival that finds the RX ring full or no free
+ * frame is lost, as at a NIC, and counted against its flow: it never
+ * completes, so it counts as infinitely late. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+#include "spsc.h"
+#include "tsc.h"
+
+#define GEN_BATCH 32u
+
+struct mem_flow {
+	uint8_t *tmpl;
+	uint32_t len;
+	uint32_t arrival;
+	double gap_cycles;     /* mean inter-arrival time */
+	uint64_t on_cycles, off_cycles;
+	uint64_t next;         /* intended time of the next arrival */
+	uint64_t on_until;
+	struct dp_flow_stats st;
+};
+
+struct mem_backend {
+	struct backend be;
+	struct dp_mem_config cfg;
+	uint8_t *frames;
+	struct spsc rx;  /* generator -> datapath */
+	struct spsc ret; /* datapath -> generator: transmitted or dropped */
+	struct mem_flow *flows;
+	uint32_t n_flows;
+	pthread_t thread;
+	uint32_t stop, done;
+	bool started;
+
+	/* generator-private */
+	struct pkt **free;
+	uint32_t n_free;
+	uint64_t rng;
+};
+
+static inline struct mem_backend *to_mem(struct backend *b)
+{
+	return (struct mem_backend *)b;
+}
+
+static uint32_t mem_rx_burst(struct backend *b, struct pkt **pkts, uint32_t n)
+{
+	return spsc_pop(&to_mem(b)->rx, (void **)pkts, n);
+}
+
+static uint32_t mem_tx_burst(struct backend *b, struct pkt **pkts, uint32_t n)
+{
+	/* the return ring holds every frame, so it always takes them */
+	return spsc_push(&to_mem(b)->ret, (void *const *)pkts, n);
+}
+
+static void mem_free_burst(struct backend *b, struct pkt **pkts, uint32_t n)
+{
+	spsc_push(&to_mem(b)->ret, (void *const *)pkts, n);
+}
+
+/* uniform in (0, 1]: xorshift64* */
+static inline double uniform(struct mem_backend *m)
+{
+	m->rng ^= m->rng >> 12;
+	m->rng ^= m->rng << 25;
+	m->rng ^= m->rng >> 27;
+	return ((m->rng * 0x2545f4914f6cdd1dull >> 11) + 1) * 0x1.0p-53;
+}
+
+static void advance(struct mem_backend *m, struct mem_flow *f, uint64_t now)
+{
+	switch (f->arrival) {
+	case DP_ARRIVAL_SATURATE:
+		f->next = now;
+		return;
+	case DP_ARRIVAL_UNIFORM:
+		f->next += (uint64_t)f->gap_cycles;
+		return;
+	default:
+		f->next += (uint64_t)(-log(uniform(m)) * f->gap_cycles);
+	}
+	/* on/off: arrivals that would fall in the off period move past it */
+	while (f->arrival == DP_ARRIVAL_ONOFF && f->next >= f->on_until) {
+		f->next += f->off_cycles;
+		f->on_until += f->on_cycles + f->off_cycles;
+	}
+}
+
+static always_inline void emit(struct mem_flow *f, struct pkt *p, uint16_t flow, uint64_t now)
+{
+	p->off = PKT_DATA_OFF;
+	p->len = f->len;
+	p->flow = flow;
+	p->ts_intended = f->arrival == DP_ARRIVAL_SATURATE ? now : f->next;
+	memcpy(pkt_data(p), f->tmpl, f->len);
+}
+
+static uint32_t spsc_room(struct spsc *r)
+{
+	return r->mask + 1 - (r->prod.head - __atomic_load_n(&r->cons.tail, __ATOMIC_ACQUIRE));
+}
+
+static void *generator(void *arg)
+{
+	struct mem_backend *m = arg;
+	const uint64_t start = rdtsc();
+	const uint64_t end = start + (uint64_t)(m->cfg.duration_s * tsc_hz());
+	struct pkt *batch[GEN_BATCH];
+
+	for (uint32_t i = 0; i < m->n_flows; i++) {
+		struct mem_flow *f = &m->flows[i];
+
+		f->next = start;
+		f->on_until = start + f->on_cycles;
+		if (f->arrival == DP_ARRIVAL_POISSON || f->arrival == DP_ARRIVAL_ONOFF)
+			advance(m, f, start);
+	}
+	while (!__atomic_load_n(&m->stop, __ATOMIC_ACQUIRE)) {
+		uint32_t nb = 0, pushed, limit = GEN_BATCH;
+		uint64_t now;
+		bool progress = true;
+
+		/* reclaim frames the datapath is done with */
+		m->n_free += spsc_pop(&m->ret, (void **)(m->free + m->n_free),
+				      m->cfg.n_frames - m->n_free);
+		now = rdtsc();
+		if (now >= end)
+			break;
+
+		/* due arrivals, one per flow per round so flows interleave; a
+		 * saturating flow only fills what the ring can take */
+		for (uint32_t i = 0; i < m->n_flows; i++)
+			if (m->flows[i].arrival == DP_ARRIVAL_SATURATE)
+				limit = MIN(GEN_BATCH, spsc_room(&m->rx));
+		while (progress && nb < limit) {
+			progress = false;
+			for (uint32_t i = 0; i < m->n_flows && nb < limit; i++) {
+				struct mem_flow *f = &m->flows[i];
+
+				if (f->next > now)
+					continue;
+				progress = true;
+				__atomic_store_n(&f->st.sent, f->st.sent + 1, __ATOMIC_RELAXED);
+				if (unlikely(!m->n_free)) {
+					__atomic_store_n(&f->st.dropped, f->st.dropped + 1,
+							 __ATOMIC_RELAXED);
+				} else {
+					batch[nb] = m->free[--m->n_free];
+					emit(f, batch[nb++], (uint16_t)i, now);
+				}
+				advance(m, f, now);
+			}
+		}
+		if (!nb)
+			continue;
+
+		/* a full RX ring loses the rest of the burst, as a NIC would */
+		pushed = spsc_push(&m->rx, (void *const *)batch, nb);
+		for (uint32_t i = pushed; i < nb; i++) {
+			struct mem_flow *f = &m->flows[batch[i]->flow];
+
+			__atomic_store_n(&f->st.dropped, f->st.dropped + 1, __ATOMIC_RELAXED);
+			m->free[m->n_free++] = batch[i];
+		}
+	}
+	__atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static int mem_start(struct backend *b)
+{
+	struct mem_backend *m = to_mem(b);
+	int err;
+
+	/* every frame starts free, owned by the generator */
+	m->n_free = 0;
+	m->rx.prod.head = m->rx.prod.tail_cache = m->rx.cons.tail = m->rx.cons.head_cache = 0;
+	m->ret.prod.head = m->ret.prod.tail_cache = m->ret.cons.tail = m->ret.cons.head_cache = 0;
+	for (uint32_t i = 0; i < m->cfg.n_frames; i++) {
+		struct pkt *p = (struct pkt *)(m->frames + (size_t)i * FRAME_SIZE);
+
+		p->frame = i;
+		m->free[m->n_free++] = p;
+	}
+	for (uint32_t i = 0; i < m->n_flows; i++)
+		memset(&m->flows[i].st, 0, sizeof(m->flows[i].st));
+	m->stop = m->done = 0;
+	err = -pthread_create(&m->thread, NULL, generator, m);
+	if (err)
+		return err;
+	dp_pin_thread(m->thread, m->cfg.core);
+	m->started = true;
+	return 0;
+}
+
+static void mem_stop(struct backend *b)
+{
+	struct mem_backend *m = to_mem(b);
+
+	if (!m->started)
+		return;
+	__atomic_store_n(&m->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(m->thread, NULL);
+	m->started = false;
+}
+
+static void mem_destroy(struct backend *b)
+{
+	struct mem_backend *m = to_mem(b);
+
+	mem_stop(b);
+	for (uint32_t i = 0; i < m->n_flows; i++)
+		free(m->flows[i].tmpl);
+	free(m->flows);
+	free(m->free);
+	spsc_fini(&m->rx);
+	spsc_fini(&m->ret);
+	if (m->frames)
+		munmap(m->frames, (size_t)m->cfg.n_frames * FRAME_SIZE);
+	free(m);
+}
+
+static const struct backend_ops mem_ops = {
+	.name = "mem",
+	.rx_burst = mem_rx_burst,
+	.tx_burst = mem_tx_burst,
+	.free_burst = mem_free_burst,
+	.start = mem_start,
+	.stop = mem_stop,
+	.destroy = mem_destroy,
+};
+
+static int flow_init(struct mem_flow *f, const struct dp_mem_flow *spec, double hz)
+{
+	if (spec->len < 14 || spec->len > PKT_MAX_LEN || spec->arrival > DP_ARRIVAL_SATURATE)
+		return -EINVAL;
+	if (spec->arrival != DP_ARRIVAL_SATURATE && !(spec->rate_pps > 0))
+		return -EINVAL;
+	if (spec->arrival == DP_ARRIVAL_ONOFF && !(spec->on_us > 0 && spec->off_us >= 0))
+		return -EINVAL;
+	f->tmpl = malloc(spec->len);
+	if (!f->tmpl)
+		return -ENOMEM;
+	memcpy(f->tmpl, spec->frame, spec->len);
+	f->len = spec->len;
+	f->arrival = spec->arrival;
+	f->gap_cycles = spec->arrival == DP_ARRIVAL_SATURATE ? 0 : hz / spec->rate_pps;
+	f->on_cycles = (uint64_t)(spec->on_us * hz / 1e6);
+	f->off_cycles = (uint64_t)(spec->off_us * hz / 1e6);
+	return 0;
+}
+
+int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_mem_flow *flows,
+		   uint32_t n_flows)
+{
+	uint32_t nf = cfg->n_frames, rs = cfg->ring_size;
+	struct mem_backend *m;
+	int err = -EINVAL;
+
+	if (dp->running)
+		return -EBUSY;
+	if (!n_flows || n_flows > DP_MAX_FLOWS || !nf || (nf & (nf - 1)) || !rs || (rs & (rs - 1)) ||
+	    rs > nf || !(cfg->duration_s > 0))
+		return -EINVAL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->be.ops = &mem_ops;
+	m->cfg = *cfg;
+	m->rng = cfg->seed ? cfg->seed : 0x9e3779b97f4a7c15ull;
+	m->flows = calloc(n_flows, sizeof(*m->flows));
+	m->free = calloc(nf, sizeof(*m->free));
+	if (!m->flows || !m->free)
+		goto out_free;
+	m->n_flows = n_flows;
+	for (uint32_t i = 0; i < n_flows; i++) {
+		err = flow_init(&m->flows[i], &flows[i], tsc_hz());
+		if (err)
+			goto out_free;
+	}
+	err = -ENOMEM;
+	m->frames = mmap(NULL, (size_t)nf * FRAME_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (m->frames == MAP_FAILED) {
+		m->frames = NULL;
+		goto out_free;
+	}
+	if (spsc_init(&m->rx, rs) || spsc_init(&m->ret, nf))
+		goto out_free;
+
+	if (dp->be)
+		dp->be->ops->destroy(dp->be);
+	dp->be = &m->be;
+	return 0;
+
+out_free:
+	mem_destroy(&m->be);
+	return err;
+}
+
+int dp_mem_done(dp_t *dp)
+{
+	if (!dp->be || dp->be->ops != &mem_ops)
+		return -ENODEV;
+	return __atomic_load_n(&to_mem(dp->be)->done, __ATOMIC_ACQUIRE);
+}
+
+int dp_flow_stats(dp_t *dp, uint32_t flow, struct dp_flow_stats *out)
+{
+	struct mem_backend *m;
+
+	if (!dp->be || dp->be->ops != &mem_ops)
+		return -ENODEV;
+	m = to_mem(dp->be);
+	if (flow >= m->n_flows)
+		return -ENOENT;
+	out->sent = __atomic_load_n(&m->flows[flow].st.sent, __ATOMIC_RELAXED);
+	out->dropped = __atomic_load_n(&m->flows[flow].st.dropped, __ATOMIC_RELAXED);
+	return 0;
+}

@@ -1,0 +1,271 @@
+/* dp.c - the public API: create, configure, start, stop, read stats.
+ *
+ * Control calls may come from any Python thread. While the loop runs,
+ * every change goes to it as a command (see dp_cmd in internal.h) and the
+ * caller waits until the loop has applied it; stats are read directly
+ * (64-bit counters written by one thread are never torn on x86-64). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "tsc.h"
+
+int dp_pin_thread(pthread_t thread, int core)
+{
+	cpu_set_t set;
+
+	if (core < 0)
+		return 0;
+	CPU_ZERO(&set);
+	CPU_SET(core, &set);
+	return -pthread_setaffinity_np(thread, sizeof(set), &set);
+}
+
+int dp_create(const struct dp_config *cfg, dp_t **out)
+{
+	struct dp *dp;
+	int err;
+
+	if (cfg->rx_batch == 0 || cfg->rx_batch > RX_BATCH_MAX || cfg->refill_us == 0 ||
+	    (cfg->policy == DP_POLICY_CYCLES && !cfg->accounting))
+		return -EINVAL;
+	dp = calloc(1, sizeof(*dp));
+	if (!dp)
+		return -ENOMEM;
+	dp->cfg = *cfg;
+	dp->quantum_cycles = ns_to_cycles(cfg->quantum_ns);
+	err = sched_init(&dp->sched, cfg->policy, cfg->work_conserving,
+			 ns_to_cycles(cfg->refill_us * 1000.0), dp->quantum_cycles, dp->tenants,
+			 rdtsc());
+	if (err) {
+		free(dp);
+		return err;
+	}
+	pthread_mutex_init(&dp->ctl_lock, NULL);
+	*out = dp;
+	return 0;
+}
+
+void dp_destroy(dp_t *dp)
+{
+	if (!dp)
+		return;
+	dp_stop(dp);
+	if (dp->be)
+		dp->be->ops->destroy(dp->be);
+	for (uint32_t id = 0; id < DP_MAX_TENANTS; id++)
+		tenant_free(dp->tenants[id]);
+	classifier_free(dp->cls);
+	sched_fini(&dp->sched);
+	pthread_mutex_destroy(&dp->ctl_lock);
+	free(dp);
+}
+
+/* hands a command to the loop and waits for it; applies it directly when
+ * the loop is not running. Caller holds ctl_lock. */
+static void submit(struct dp *dp, struct dp_cmd *cmd)
+{
+	const struct timespec pause = {.tv_nsec = 20000};
+
+	if (!dp->running) {
+		dp_apply_cmd(dp, cmd);
+		return;
+	}
+	cmd->done = 0;
+	__atomic_store_n(&dp->cmd, cmd, __ATOMIC_RELEASE);
+	while (!__atomic_load_n(&cmd->done, __ATOMIC_ACQUIRE))
+		nanosleep(&pause, NULL);
+}
+
+int dp_tenant_add(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg)
+{
+	struct dp_cmd cmd = {.op = CMD_TENANT_ADD};
+	int err = 0;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (id < DP_MAX_TENANTS && dp->tenants[id]) {
+		err = -EEXIST;
+		goto out;
+	}
+	if (id < DP_MAX_TENANTS && dp->queue_slots + cfg->queue_cap > SCHED_ORDER_CAP) {
+		err = -ENOSPC;
+		goto out;
+	}
+	cmd.tenant = tenant_new(id, cfg, &err);
+	if (!cmd.tenant)
+		goto out;
+	dp->queue_slots += cfg->queue_cap;
+	submit(dp, &cmd);
+out:
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
+int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg)
+{
+	struct dp_cmd cmd = {.op = CMD_TENANT_SET, .cfg = *cfg};
+	int err;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	err = id < DP_MAX_TENANTS && dp->tenants[id] ? tenant_config_check(cfg) : -ENOENT;
+	if (!err && cfg->queue_cap != dp->tenants[id]->cfg.queue_cap)
+		err = -EINVAL; /* a queue is not resized under the loop's feet */
+	if (!err) {
+		cmd.tenant = dp->tenants[id];
+		submit(dp, &cmd);
+	}
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
+int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)
+{
+	struct dp_cmd cmd = {.op = CMD_RULES_SET};
+	int err;
+
+	cmd.cls = classifier_build(rules, n, &err);
+	if (!cmd.cls)
+		return err;
+	pthread_mutex_lock(&dp->ctl_lock);
+	submit(dp, &cmd);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	classifier_free(cmd.cls); /* the one the loop gave back */
+	return 0;
+}
+
+int dp_reset_stats(dp_t *dp)
+{
+	struct dp_cmd cmd = {.op = CMD_RESET_STATS};
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	submit(dp, &cmd);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return 0;
+}
+
+int dp_start(dp_t *dp)
+{
+	int err;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	err = dp->running ? -EALREADY : dp->be ? 0 : -ENODEV;
+	if (err)
+		goto out;
+	err = dp->be->ops->start(dp->be);
+	if (err)
+		goto out;
+	dp->stop = 0;
+	err = -pthread_create(&dp->thread, NULL, dp_loop, dp);
+	if (err) {
+		dp->be->ops->stop(dp->be);
+		goto out;
+	}
+	dp_pin_thread(dp->thread, dp->cfg.core);
+	dp->running = true;
+out:
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
+/* stops the loop, then gives every still-queued packet back to the backend */
+int dp_stop(dp_t *dp)
+{
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (!dp->running) {
+		pthread_mutex_unlock(&dp->ctl_lock);
+		return 0;
+	}
+	__atomic_store_n(&dp->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(dp->thread, NULL);
+	dp->running = false;
+	for (uint32_t id = 0; id < DP_MAX_TENANTS; id++) {
+		struct tenant *t = dp->tenants[id];
+
+		while (t && tq_len(&t->q)) {
+			struct pkt *p = tq_pop(&t->q);
+
+			dp->be->ops->free_burst(dp->be, &p, 1);
+		}
+		if (t)
+			t->listed = false;
+	}
+	dp->sched.order.head = dp->sched.order.tail;
+	dp->sched.active.head = dp->sched.active.tail;
+	dp->sched.broke.head = dp->sched.broke.tail;
+	dp->be->ops->stop(dp->be);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return 0;
+}
+
+int dp_running(dp_t *dp)
+{
+	return dp->running;
+}
+
+int dp_tenant_stats(dp_t *dp, uint32_t id, struct dp_tenant_stats *out)
+{
+	struct tenant *t = id < DP_MAX_TENANTS ? __atomic_load_n(&dp->tenants[id], __ATOMIC_ACQUIRE)
+					       : NULL;
+
+	if (!t)
+		return -ENOENT;
+	*out = t->st;
+	out->balance_cycles = (int64_t)budget_units(&t->bucket, &t->cache);
+	out->queue_len = tq_len(&t->q);
+	return 0;
+}
+
+int dp_tenant_hist(dp_t *dp, uint32_t id, uint64_t *buckets, uint32_t n)
+{
+	struct tenant *t = id < DP_MAX_TENANTS ? __atomic_load_n(&dp->tenants[id], __ATOMIC_ACQUIRE)
+					       : NULL;
+
+	if (!t)
+		return -ENOENT;
+	if (n != DP_HIST_BUCKETS)
+		return -EINVAL;
+	memcpy(buckets, t->hist, n * sizeof(*buckets));
+	return 0;
+}
+
+int dp_global_stats(dp_t *dp, struct dp_global_stats *out)
+{
+	*out = dp->gst;
+	return 0;
+}
+
+int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap, uint32_t *tenant_out)
+{
+	uint8_t *buf;
+	struct pkt *p;
+	int ret;
+
+	if (dp->running)
+		return -EBUSY;
+	if (*len > PKT_MAX_LEN)
+		return -EMSGSIZE;
+	buf = aligned_alloc(64, FRAME_SIZE);
+	if (!buf)
+		return -ENOMEM;
+	p = (struct pkt *)buf;
+	memset(p, 0, sizeof(*p));
+	p->off = PKT_DATA_OFF;
+	p->len = *len;
+	memcpy(pkt_data(p), frame, *len);
+	ret = dp_handle_one(dp, p, tenant_out);
+	if (ret >= 0) {
+		if (p->len > cap) {
+			ret = -ENOSPC;
+		} else {
+			memcpy(frame, pkt_data(p), p->len);
+			*len = p->len;
+		}
+	}
+	free(buf);
+	return ret;
+}

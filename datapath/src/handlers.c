@@ -1,0 +1,118 @@
+/* handlers.c - the native reference handlers.
+ *
+ * echo: a UDP/TCP responder that swaps the Ethernet, IPv4 and L4
+ *   addresses and transmits the packet back (checksums stay valid: the
+ *   one's-complement sums are symmetric in the swapped fields).
+ * spin: the adversary: burns the cost the packet's isolane probe header
+ *   asks for (or the tenant's configured cost), then echoes. */
+#include <errno.h>
+#include <string.h>
+
+#include "handler.h"
+#include "isolane_dp.h"
+#include "tsc.h"
+
+struct l4_view {
+	uint8_t *l3;     /* IPv4 header */
+	uint8_t *l4;     /* UDP/TCP header */
+	uint8_t *payload;
+	uint32_t payload_len;
+};
+
+/* Locates IPv4 and its UDP/TCP header; 0 or -1 when the packet is not one
+ * the handler understands (the classifier has already checked lengths,
+ * but a handler must not rely on that). */
+static always_inline int parse_l4(struct pkt *p, struct l4_view *v)
+{
+	uint8_t *d = pkt_data(p);
+	uint32_t off = 14, ihl, l4_hdr;
+
+	if (p->len < 14)
+		return -1;
+	if (d[12] == 0x81 && d[13] == 0x00)
+		off = 18;
+	if (p->len < off + 20 || d[off - 2] != 0x08 || d[off - 1] != 0x00)
+		return -1;
+	ihl = (d[off] & 0xf) * 4u;
+	if (ihl < 20 || p->len < off + ihl + 8)
+		return -1;
+	v->l3 = d + off;
+	v->l4 = d + off + ihl;
+	if (v->l3[9] == 17)
+		l4_hdr = 8;
+	else if (v->l3[9] == 6 && p->len >= off + ihl + 20)
+		l4_hdr = (v->l4[12] >> 4) * 4u;
+	else
+		return -1;
+	if (p->len < off + ihl + l4_hdr)
+		return -1;
+	v->payload = v->l4 + l4_hdr;
+	v->payload_len = p->len - (off + ihl + l4_hdr);
+	return 0;
+}
+
+static always_inline void swap_bytes(uint8_t *a, uint8_t *b, uint32_t n)
+{
+	uint8_t tmp[6];
+
+	memcpy(tmp, a, n);
+	memcpy(a, b, n);
+	memcpy(b, tmp, n);
+}
+
+static always_inline uint32_t echo_back(struct pkt *p, struct l4_view *v)
+{
+	uint8_t *d = pkt_data(p);
+
+	swap_bytes(d, d + 6, 6);               /* Ethernet dst <-> src */
+	swap_bytes(v->l3 + 12, v->l3 + 16, 4); /* IPv4 src <-> dst */
+	swap_bytes(v->l4, v->l4 + 2, 2);       /* ports */
+	return DP_XDP_TX;
+}
+
+static uint32_t run_drop(const struct handler *h, struct pkt *p)
+{
+	return DP_XDP_DROP;
+}
+
+static uint32_t run_echo(const struct handler *h, struct pkt *p)
+{
+	struct l4_view v;
+
+	if (parse_l4(p, &v))
+		return DP_XDP_DROP;
+	return echo_back(p, &v);
+}
+
+static uint32_t run_spin(const struct handler *h, struct pkt *p)
+{
+	uint64_t cycles = h->spin_cycles;
+	struct dp_probe probe;
+	struct l4_view v;
+
+	if (parse_l4(p, &v))
+		return DP_XDP_DROP;
+	if (v.payload_len >= sizeof(probe)) {
+		memcpy(&probe, v.payload, sizeof(probe));
+		if (probe.magic == DP_PROBE_MAGIC)
+			cycles = ns_to_cycles(probe.cost_ns);
+	}
+	tsc_spin(cycles);
+	return echo_back(p, &v);
+}
+
+int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns)
+{
+	static uint32_t (*const runs[])(const struct handler *, struct pkt *) = {
+		[DP_HANDLER_DROP] = run_drop,
+		[DP_HANDLER_ECHO] = run_echo,
+		[DP_HANDLER_SPIN] = run_spin,
+	};
+
+	if (kind >= sizeof(runs) / sizeof(runs[0]))
+		return -EINVAL;
+	h->kind = kind;
+	h->run = runs[kind];
+	h->spin_cycles = ns_to_cycles(spin_ns);
+	return 0;
+}

@@ -1,0 +1,80 @@
+/* internal.h - the datapath's private state (never seen by cffi). */
+#ifndef ISOLANE_INTERNAL_H
+#define ISOLANE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "budget.h"
+#include "classify.h"
+#include "handler.h"
+#include "isolane_dp.h"
+#include "policy.h"
+#include "tqueue.h"
+
+#define RX_BATCH_MAX 64u
+#define RUN_BATCH 32u /* packets per dequeue phase at most */
+
+struct tenant {
+	uint32_t id;
+	struct dp_tenant_config cfg;
+	struct handler handler;
+	struct tqueue q;
+	struct budget_shared bucket;
+	struct budget_cache cache; /* the (single) fast-path core's cache */
+	bool listed;               /* in the scheduler's active or broke ring */
+	struct dp_tenant_stats st;
+	uint64_t *hist;            /* DP_HIST_BUCKETS completion latencies, cycles */
+};
+
+/* Control-to-loop commands. Control callers are serialised by ctl_lock and
+ * wait for each command, so the single-producer ring is one slot deep. */
+enum dp_cmd_op {
+	CMD_TENANT_ADD,
+	CMD_TENANT_SET,
+	CMD_RULES_SET,
+	CMD_RESET_STATS,
+};
+
+struct dp_cmd {
+	uint32_t op;
+	int32_t result;
+	struct tenant *tenant;       /* ADD: fully built, SET: new config in cfg */
+	struct dp_tenant_config cfg;
+	struct classifier *cls;      /* RULES_SET: the new one in, the old one out */
+	uint32_t done;               /* set by the loop (release) */
+};
+
+struct dp {
+	struct dp_config cfg;
+	uint64_t quantum_cycles;
+	struct tenant *tenants[DP_MAX_TENANTS];
+	uint32_t queue_slots; /* sum of queue capacities, <= SCHED_ORDER_CAP */
+	struct classifier *cls;
+	struct sched sched;
+	struct backend *be;
+	struct dp_global_stats gst;
+
+	pthread_t thread;
+	bool running;
+	uint32_t stop;              /* set by control, read by the loop */
+	pthread_mutex_t ctl_lock;
+	struct dp_cmd *cmd;         /* the command slot: NULL or pending */
+};
+
+/* loop.c */
+void *dp_loop(void *arg);
+void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd);
+int dp_handle_one(struct dp *dp, struct pkt *p, uint32_t *tenant);
+
+/* tenant.c */
+struct tenant *tenant_new(uint32_t id, const struct dp_tenant_config *cfg, int *err);
+void tenant_free(struct tenant *t);
+int tenant_config_check(const struct dp_tenant_config *cfg);
+
+/* dp.c */
+int dp_pin_thread(pthread_t thread, int core);
+
+#endif

@@ -1,0 +1,41 @@
+/* pkt.h - packet buffers: fixed-size frames with metadata and XDP headroom.
+ *
+ *   frame: | struct pkt (64 B) | headroom (256 B) | data ... | tailroom |
+ *
+ * The headroom lets a handler grow the packet at the front
+ * (bpf_xdp_adjust_head) exactly as it may in the kernel. */
+#ifndef ISOLANE_PKT_H
+#define ISOLANE_PKT_H
+
+#include <stdint.h>
+
+#define FRAME_SIZE 2048u
+#define PKT_META_SIZE 64u
+#define PKT_HEADROOM 256u
+#define PKT_DATA_OFF (PKT_META_SIZE + PKT_HEADROOM)
+#define PKT_MAX_LEN (FRAME_SIZE - PKT_DATA_OFF)
+
+struct pkt {
+	uint64_t ts_intended; /* TSC at which the sender meant to send it */
+	uint32_t off;         /* data offset from the frame start */
+	uint32_t len;
+	uint16_t tenant;
+	uint16_t flow;        /* generator flow, for per-flow stats */
+	uint32_t frame;       /* frame index in the backend's pool */
+	uint8_t verdict;      /* enum dp_verdict once the handler ran */
+	uint8_t _pad[39];
+};
+_Static_assert(sizeof(struct pkt) == PKT_META_SIZE, "pkt meta is one cache line");
+
+static inline uint8_t *pkt_data(struct pkt *p)
+{
+	return (uint8_t *)p + p->off;
+}
+
+/* bytes the packet may grow to at the tail */
+static inline uint32_t pkt_room(const struct pkt *p)
+{
+	return FRAME_SIZE - p->off;
+}
+
+#endif

@@ -1,0 +1,59 @@
+/* tenant.c - a tenant's private state: queue, handler, budget, stats. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+int tenant_config_check(const struct dp_tenant_config *c)
+{
+	uint32_t q = c->queue_cap;
+
+	if (q < 2 || q > SCHED_ORDER_CAP || (q & (q - 1)))
+		return -EINVAL;
+	if (!(c->share >= 0 && c->share <= 1) || !(c->cap_us >= 0) || !(c->pkt_rate >= 0) ||
+	    !(c->pkt_burst >= 0) || !(c->byte_rate >= 0) || !(c->byte_burst >= 0))
+		return -EINVAL; /* written so that NaN fails too */
+	if (c->cap_us > 1e7 || c->pkt_burst > 1e9 || c->byte_burst > 1e12)
+		return -ERANGE;
+	if (c->handler > DP_HANDLER_SPIN || c->spin_ns > 100000000)
+		return -EINVAL;
+	return 0;
+}
+
+struct tenant *tenant_new(uint32_t id, const struct dp_tenant_config *cfg, int *err)
+{
+	struct tenant *t;
+
+	*err = id >= DP_MAX_TENANTS ? -EINVAL : tenant_config_check(cfg);
+	if (*err)
+		return NULL;
+	*err = -ENOMEM;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->id = id;
+	t->cfg = *cfg;
+	t->q.mask = cfg->queue_cap - 1;
+	t->q.slots = calloc(cfg->queue_cap, sizeof(*t->q.slots));
+	t->hist = calloc(DP_HIST_BUCKETS, sizeof(*t->hist));
+	if (!t->q.slots || !t->hist) {
+		tenant_free(t);
+		return NULL;
+	}
+	*err = handler_init(&t->handler, cfg->handler, cfg->spin_ns);
+	if (*err) {
+		tenant_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void tenant_free(struct tenant *t)
+{
+	if (!t)
+		return;
+	free(t->q.slots);
+	free(t->hist);
+	free(t);
+}
