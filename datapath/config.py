@@ -52,9 +52,9 @@ class TenantConfig:
     share: float = 1.0
     cap_us: float = 1000.0
     pkt_rate: float = 0.0
-    pkt_burst: float = 0.0
+    pkt_burst: float = 32.0
     byte_rate: float = 0.0
-    byte_burst: float = 0.0
+    byte_burst: float = 65536.0
 
     def __post_init__(self):
         _choice(HANDLERS, self.handler, "handler")
@@ -69,6 +69,17 @@ class TenantConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise BudgetError(f"{name} must be a finite number >= 0, not {v}")
+
+    def check_budget(self, policy: str) -> None:
+        """Refuses a budget under which the tenant could never be served."""
+        need = {"cycles": ("share", "cap_us"), "pkt_rate": ("pkt_rate", "pkt_burst"),
+                "byte_rate": ("byte_rate", "byte_burst")}.get(policy, ())
+        for name in need:
+            if getattr(self, name) <= 0:
+                raise BudgetError(f"the {policy} policy needs {name} > 0 "
+                                  f"(with {name}={getattr(self, name)} the tenant never runs)")
+        if policy == "pkt_rate" and self.pkt_burst < 1:
+            raise BudgetError("pkt_burst must hold at least one packet")
 
     def to_c(self):
         c = ffi.new("struct dp_tenant_config *")
@@ -104,9 +115,12 @@ class Rule:
             raise ConfigError(f"vlan must be in 1..4095, not {self.vlan}")
         if self.ip_dst is not None:
             try:
-                ipaddress.IPv4Address(self.ip_dst)
+                addr = ipaddress.IPv4Address(self.ip_dst)
             except ValueError as e:
                 raise ConfigError(f"ip_dst: {e}") from None
+            if int(addr) == 0:
+                raise ConfigError("ip_dst 0.0.0.0 cannot be matched; leave ip_dst unset "
+                                  "to match any address")
 
     def fill(self, c) -> None:
         c.tenant = self.tenant

@@ -17,6 +17,8 @@ import contextlib
 import dataclasses
 import os
 import time
+import typing
+import weakref
 
 import numpy as np
 
@@ -54,6 +56,12 @@ class TenantStats:
         return sum(self.drops.values())
 
 
+class FlowStats(typing.NamedTuple):
+    sent: int     # arrivals generated
+    dropped: int  # lost before the datapath (RX ring full, no free frame)
+    late: int     # emitted > 20 us after their intended time (generator core taken)
+
+
 @dataclasses.dataclass
 class GlobalStats:
     loops: int
@@ -63,6 +71,8 @@ class GlobalStats:
     unknown: int
     busy_cycles: int
     total_cycles: int
+    stalls: int
+    stall_cycles: int
 
 
 class Datapath:
@@ -87,7 +97,9 @@ class Datapath:
         cfg.core = default_cores()[0] if core is None else core
         out = ffi.new("dp_t **")
         check(lib.dp_create(cfg, out), "creating the datapath")
-        self._dp = ffi.gc(out[0], lib.dp_destroy)
+        self._raw = out[0]
+        # stops the loop and frees everything, at close() or garbage collection
+        self._destroy = weakref.finalize(self, lib.dp_destroy, self._raw)
         self.policy = policy
         self.tsc_hz = lib.dp_tsc_hz()
         self.tenants: dict[int, TenantConfig] = {}
@@ -98,6 +110,7 @@ class Datapath:
 
     def add_tenant(self, tenant_id: int, config: TenantConfig | None = None, **fields) -> None:
         config = config or TenantConfig(**fields)
+        config.check_budget(self.policy)
         if not 0 <= tenant_id < lib.DP_MAX_TENANTS:
             raise ConfigError(f"tenant id must be in 0..{lib.DP_MAX_TENANTS - 1}")
         check(lib.dp_tenant_add(self._dp, tenant_id, config.to_c()), f"adding tenant {tenant_id}")
@@ -108,6 +121,7 @@ class Datapath:
         if tenant_id not in self.tenants:
             raise check(-2, f"tenant {tenant_id}")  # raises NotFoundError
         config = dataclasses.replace(self.tenants[tenant_id], **changes)
+        config.check_budget(self.policy)
         check(lib.dp_tenant_set(self._dp, tenant_id, config.to_c()), f"updating tenant {tenant_id}")
         self.tenants[tenant_id] = config
         return config
@@ -171,7 +185,7 @@ class Datapath:
     def generator_done(self) -> bool:
         return check(lib.dp_mem_done(self._dp), "mem backend") == 1
 
-    def wait_generator(self, poll_s: float = 0.05, progress=None) -> None:
+    def wait_generator(self, poll_s: float = 0.2, progress=None) -> None:
         """Blocks until the generator has sent its last packet; calls
         progress() between polls (for a progress bar)."""
         while not self.generator_done:
@@ -189,9 +203,15 @@ class Datapath:
         return False
 
     def close(self) -> None:
-        if self._dp is not None:
-            lib.dp_destroy(ffi.gc(self._dp, None))
-            self._dp = None
+        """Stops the loop and frees the datapath; the object is unusable after."""
+        self._destroy()
+        self._raw = None
+
+    @property
+    def _dp(self):
+        if self._raw is None:
+            raise IsolaneError("this Datapath has been closed")
+        return self._raw
 
     # ---- observation ----
 
@@ -212,11 +232,11 @@ class Datapath:
             cycles=st.cycles, lent_cycles=st.lent_cycles, throttles=st.throttles,
             balance_cycles=st.balance_cycles, queue_len=st.queue_len, latency=hist)
 
-    def flow_stats(self, flow: int) -> tuple[int, int]:
-        """(sent, dropped before the datapath) for a generator flow."""
+    def flow_stats(self, flow: int) -> FlowStats:
+        """What the generator did for one flow (sent, lost at the NIC, late)."""
         st = ffi.new("struct dp_flow_stats *")
         check(lib.dp_flow_stats(self._dp, flow, st), f"flow {flow}")
-        return st.sent, st.dropped
+        return FlowStats(sent=st.sent, dropped=st.dropped, late=st.late)
 
     def global_stats(self) -> GlobalStats:
         st = ffi.new("struct dp_global_stats *")
@@ -224,7 +244,8 @@ class Datapath:
         return GlobalStats(loops=st.loops, busy_loops=st.busy_loops, rx=st.rx,
                            malformed=st.drops[lib.DP_GDROP_MALFORMED],
                            unknown=st.drops[lib.DP_GDROP_UNKNOWN],
-                           busy_cycles=st.busy_cycles, total_cycles=st.total_cycles)
+                           busy_cycles=st.busy_cycles, total_cycles=st.total_cycles,
+                           stalls=st.stalls, stall_cycles=st.stall_cycles)
 
     def reset_stats(self) -> None:
         check(lib.dp_reset_stats(self._dp), "resetting stats")

@@ -127,6 +127,10 @@ struct dp_global_stats {
 	uint64_t drops[2];  /* by enum dp_global_drop */
 	uint64_t busy_cycles;
 	uint64_t total_cycles;
+	uint64_t stalls;          /* loop iterations longer than 20 us with no
+				     handler running that long: time the core
+				     was taken away (host, kernel, other tasks) */
+	uint64_t stall_cycles;
 };
 
 /* mem backend: open-loop arrivals generated in C on another core. */
@@ -158,6 +162,7 @@ struct dp_mem_config {
 struct dp_flow_stats {
 	uint64_t sent;      /* arrivals generated (intended sends) */
 	uint64_t dropped;   /* rx ring full or no free frame: lost at the "NIC" */
+	uint64_t late;      /* emitted more than 20 us after their intended time */
 };
 
 /* lifecycle */

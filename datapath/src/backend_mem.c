@@ -21,6 +21,7 @@
 #include "tsc.h"
 
 #define GEN_BATCH 32u
+#define LATE_NS 20000 /* an arrival emitted this late counts as late */
 
 struct mem_flow {
 	uint8_t *tmpl;
@@ -119,6 +120,7 @@ static void *generator(void *arg)
 	struct mem_backend *m = arg;
 	const uint64_t start = rdtsc();
 	const uint64_t end = start + (uint64_t)(m->cfg.duration_s * tsc_hz());
+	const uint64_t late_cycles = ns_to_cycles(LATE_NS);
 	struct pkt *batch[GEN_BATCH];
 
 	for (uint32_t i = 0; i < m->n_flows; i++) {
@@ -155,6 +157,8 @@ static void *generator(void *arg)
 					continue;
 				progress = true;
 				__atomic_store_n(&f->st.sent, f->st.sent + 1, __ATOMIC_RELAXED);
+				if (unlikely(now - f->next > late_cycles))
+					__atomic_store_n(&f->st.late, f->st.late + 1, __ATOMIC_RELAXED);
 				if (unlikely(!m->n_free)) {
 					__atomic_store_n(&f->st.dropped, f->st.dropped + 1,
 							 __ATOMIC_RELAXED);
@@ -330,5 +334,6 @@ int dp_flow_stats(dp_t *dp, uint32_t flow, struct dp_flow_stats *out)
 		return -ENOENT;
 	out->sent = __atomic_load_n(&m->flows[flow].st.sent, __ATOMIC_RELAXED);
 	out->dropped = __atomic_load_n(&m->flows[flow].st.dropped, __ATOMIC_RELAXED);
+	out->late = __atomic_load_n(&m->flows[flow].st.late, __ATOMIC_RELAXED);
 	return 0;
 }

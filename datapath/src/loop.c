@@ -20,8 +20,11 @@
 #include "internal.h"
 #include "tsc.h"
 
+#define STALL_NS 20000 /* an iteration this much longer than its handlers */
+
 struct done_batch {
 	uint32_t n;
+	uint64_t run_cycles; /* time spent in handlers (accounting on) */
 	struct pkt *pkts[RUN_BATCH];
 };
 
@@ -119,6 +122,7 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done)
 		if (acct && now - start >= dp->quantum_cycles)
 			break;
 	}
+	done->run_cycles = now - start;
 	return done->n;
 }
 
@@ -238,6 +242,7 @@ void *dp_loop(void *arg)
 {
 	struct dp *dp = arg;
 	struct done_batch done;
+	const uint64_t stall_cycles = ns_to_cycles(STALL_NS);
 	uint64_t prev = rdtsc(), now;
 	uint32_t work = 0;
 
@@ -245,6 +250,7 @@ void *dp_loop(void *arg)
 	while (!__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE)) {
 		work = rx_stage(dp);
 		done.n = 0;
+		done.run_cycles = 0;
 		if (run_stage(dp, &done)) {
 			flush_stage(dp, &done);
 			work = 1;
@@ -255,6 +261,11 @@ void *dp_loop(void *arg)
 		if (work) {
 			dp->gst.busy_loops++;
 			dp->gst.busy_cycles += now - prev;
+		}
+		/* an iteration far longer than its handlers: the core was taken */
+		if (unlikely(now - prev - done.run_cycles > stall_cycles)) {
+			dp->gst.stalls++;
+			dp->gst.stall_cycles += now - prev - done.run_cycles;
 		}
 		prev = now;
 		ctl_poll(dp, now);

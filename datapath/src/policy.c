@@ -215,6 +215,7 @@ int sched_init(struct sched *s, uint32_t policy, bool work_conserving, uint64_t 
 		return -EINVAL;
 	s->ops = policy == DP_POLICY_FIFO ? &sched_fifo_ops : &sched_bucket_ops;
 	s->tenants = tenants;
+	s->n_ids = 0;
 	s->policy = policy;
 	s->work_conserving = work_conserving;
 	s->refill_cycles = refill_cycles;

@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts: result files and number formats."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+RESULTS = pathlib.Path(__file__).resolve().parent.parent / "build" / "results"
+
+
+def finite_or_none(value):
+    """JSON has no infinity: a percentile that fell among lost packets is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return finite_or_none(obj)
+
+
+def write_json(path: pathlib.Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(data), indent=2) + "\n")
+
+
+def fmt_us(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isinf(value)):
+        return "inf"
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def ratio(a: float, b: float) -> float:
+    if math.isinf(a) and not math.isinf(b):
+        return math.inf
+    if b == 0 or math.isnan(a) or math.isnan(b) or math.isinf(b):
+        return math.nan
+    return a / b
+
+
+def fmt_ratio(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.2f}x"

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Tail contagion: does an expensive tenant inflate a cheap tenant's tail?
+
+Runs the scenario in bench/scenarios/contagion.toml (Virtuoso's experiment)
+on the mem backend: for each policy (fifo = no isolation, pkt_rate =
+classic rate limits, cycles = time protection), the victim alone, then with
+the aggressor at each load of the sweep. Latency is completion time minus
+*intended* send time (open loop); a packet sent and never completed counts
+as infinitely late.
+
+Writes a table to the terminal, and --json / --csv / --plot files
+(default: build/results/contagion.{json,csv,png}).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+import tomllib
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import RESULTS, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
+
+from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
+from datapath.probe import udp_frame  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+PERCENTILES = (("p50_us", 50), ("p99_us", 99), ("p999_us", 99.9))
+
+
+@dataclasses.dataclass
+class Side:
+    """One of the two tenants of the scenario."""
+
+    name: str
+    spec: dict
+
+    @property
+    def tenant(self) -> int:
+        return self.spec["tenant"]
+
+    def frame(self) -> bytes:
+        return udp_frame(self.spec["ip_dst"], self.spec["dport"], cost_ns=self.spec["cost_ns"])
+
+    def tenant_config(self, policy: str, scn: dict, victim_rate: float) -> TenantConfig:
+        pkt = scn["pkt_rate"]
+        return TenantConfig(
+            handler=self.spec["handler"], queue_cap=self.spec["queue_cap"],
+            share=self.spec["share"], cap_us=self.spec["cap_us"],
+            pkt_rate=victim_rate * pkt["rate_factor"], pkt_burst=pkt["burst"])
+
+    def rule(self) -> Rule:
+        return Rule(self.tenant, ip_dst=self.spec["ip_dst"], proto="udp", dport=self.spec["dport"])
+
+    def flow(self, rate_pps: float) -> Flow:
+        return Flow(self.frame(), rate_pps=rate_pps, arrival=self.spec["arrival"],
+                    on_us=self.spec.get("on_us", 0.0), off_us=self.spec.get("off_us", 0.0))
+
+
+def aggressor_rate(scn: dict, load: float) -> float:
+    return load / (scn["aggressor"]["cost_ns"] * 1e-9)
+
+
+def tenant_result(dp: Datapath, tenant: int, flow: int) -> dict:
+    st = dp.tenant_stats(tenant)
+    flow_st = dp.flow_stats(flow)
+    never = max(0, flow_st.sent - st.completed)
+    out = {key: st.latency.percentile(q, lost=never) for key, q in PERCENTILES}
+    out.update(sent=flow_st.sent, completed=st.completed, dropped=flow_st.dropped + st.dropped,
+               late_sends=flow_st.late, throttles=st.throttles, cycles=st.cycles)
+    return out
+
+
+def run_once(scn: dict, policy: str, load: float | None, duration: float, tick) -> dict:
+    """One run: the victim, plus the aggressor at `load` (None: alone)."""
+    victim, aggressor = Side("victim", scn["victim"]), Side("aggressor", scn["aggressor"])
+    sides = [victim] if load is None else [victim, aggressor]
+    dp = Datapath(policy, quantum_us=scn["quantum_us"], refill_us=scn["refill_us"])
+    try:
+        for side in sides:
+            dp.add_tenant(side.tenant, side.tenant_config(policy, scn, victim.spec["rate_pps"]))
+        dp.set_rules([side.rule() for side in sides])
+        rates = [victim.spec["rate_pps"]] + ([aggressor_rate(scn, load)] if load else [])
+        dp.use_mem_backend([s.flow(r) for s, r in zip(sides, rates)], duration_s=duration)
+        with dp.running():
+            dp.wait_generator(progress=tick)
+            dp.drain(timeout_s=0.5)
+        results = {s.name: tenant_result(dp, s.tenant, i) for i, s in enumerate(sides)}
+        g = dp.global_stats()
+    finally:
+        dp.close()
+    completed = sum(r["completed"] for r in results.values())
+    return {"policy": policy, "adversary": load is not None, "aggressor_load": load,
+            "victim": results["victim"], "aggressor": results.get("aggressor"),
+            "mpps": completed / duration / 1e6,
+            "loop_stalls": g.stalls, "loop_stall_us": g.stall_cycles / dp.tsc_hz * 1e6}
+
+
+def plan(scn: dict, quick: bool) -> list[tuple[str, float | None]]:
+    loads = scn["sweep"]["quick_aggressor_load" if quick else "aggressor_load"]
+    main = scn["aggressor"]["load"]
+    loads = sorted(set(loads) | {main})
+    return [(policy, load) for policy in scn["policies"] for load in [None, *loads]]
+
+
+def print_table(console: Console, scn: dict, runs: list[dict]) -> None:
+    main = scn["aggressor"]["load"]
+    table = Table(title=f"Tail contagion (latency in us): aggressor {main:g}x the core",
+                  caption="done: completed; drop: lost before or in the datapath; "
+                          "inf: the percentile falls among packets that never completed",
+                  padding=(0, 1), box=box.SIMPLE_HEAD)
+    for col in ("policy", "aggr", "tenant", "p50", "p99", "p99.9", "sent", "done", "drop", "Mpps"):
+        table.add_column(col, justify="left" if col in ("policy", "aggr", "tenant") else "right",
+                         no_wrap=True)
+    for run in runs:
+        if run["adversary"] and run["aggressor_load"] != main:
+            continue
+        for who in ("victim", "aggressor"):
+            r = run[who]
+            if r is None:
+                continue
+            table.add_row(run["policy"], "on" if run["adversary"] else "off", who,
+                          fmt_us(r["p50_us"]), fmt_us(r["p99_us"]), fmt_us(r["p999_us"]),
+                          str(r["sent"]), str(r["completed"]), str(r["dropped"]),
+                          f"{run['mpps']:.3f}" if who == "victim" else "")
+        table.add_section()
+    console.print(table)
+
+
+def verdicts(scn: dict, runs: list[dict]) -> list[tuple[str, str, bool]]:
+    """The issue's targets, computed from this run's own figures."""
+    main = scn["aggressor"]["load"]
+    p99 = {(r["policy"], r["adversary"]): r["victim"]["p99_us"] for r in runs
+           if not r["adversary"] or r["aggressor_load"] == main}
+    if not all((p, a) in p99 for p in ("fifo", "pkt_rate", "cycles") for a in (True, False)):
+        return []
+    cost_us = scn["aggressor"]["cost_ns"] / 1000
+    fifo_over_cycles = ratio(p99["fifo", True], p99["cycles", True])
+    pkt_over_cycles = ratio(p99["pkt_rate", True], p99["cycles", True])
+    bound = (p99["cycles", False] + cost_us) * 1.25
+    return [
+        ("victim p99 fifo / cycles (target >= 10)", fmt_ratio(fifo_over_cycles),
+         fifo_over_cycles >= 10),
+        (f"cycles victim p99 with aggressor <= (alone {fmt_us(p99['cycles', False])} + "
+         f"{cost_us:g} us) x 1.25 = {fmt_us(bound)} us", fmt_us(p99["cycles", True]),
+         p99["cycles", True] <= bound),
+        ("victim p99 pkt_rate / cycles (target >= 3)", fmt_ratio(pkt_over_cycles),
+         pkt_over_cycles >= 3),
+    ]
+
+
+def write_csv(path: pathlib.Path, runs: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["policy", "aggressor_load", "tenant", "p50_us", "p99_us", "p999_us", "sent",
+                    "completed", "dropped", "mpps"])
+        for run in runs:
+            for who in ("victim", "aggressor"):
+                r = run[who]
+                if r:
+                    w.writerow([run["policy"], run["aggressor_load"] or 0, who, r["p50_us"],
+                                r["p99_us"], r["p999_us"], r["sent"], r["completed"],
+                                r["dropped"], f"{run['mpps']:.4f}"])
+
+
+def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [r["victim"]["p99_us"] for r in runs if math.isfinite(r["victim"]["p99_us"])]
+    ceiling = max(finite + [1.0]) * 3
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy in scn["policies"]:
+        pts = sorted((r["aggressor_load"] or 0.0, r["victim"]["p99_us"]) for r in runs
+                     if r["policy"] == policy)
+        xs = [x for x, _ in pts]
+        ys = [y if math.isfinite(y) else ceiling for _, y in pts]
+        (line,) = ax.plot(xs, ys, marker="o", label=policy)
+        lost = [(x, ceiling) for x, y in pts if not math.isfinite(y)]
+        if lost:
+            ax.scatter(*zip(*lost), marker="x", s=90, color=line.get_color(), zorder=3)
+    ax.axhline(ceiling, color="grey", lw=0.5, ls=":")
+    ax.text(0, ceiling, " x = victim packets lost (p99 infinite)", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("aggressor offered load (multiples of one core)")
+    ax.set_ylabel("victim p99 latency (us)")
+    ax.set_title(f"Tail contagion: victim {scn['victim']['cost_ns']} ns/pkt, "
+                 f"aggressor {scn['aggressor']['cost_ns']} ns/pkt")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+              default=HERE / "scenarios" / "contagion.toml", show_default=True,
+              help="Scenario TOML file.")
+@click.option("--quick", is_flag=True, help="Short runs and two sweep points (under 60 s).")
+@click.option("--duration", type=float, help="Generator seconds per run (overrides the scenario).")
+@click.option("--policy", "policies", multiple=True,
+              type=click.Choice(["fifo", "pkt_rate", "byte_rate", "cycles"]),
+              help="Run only these policies (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              default=RESULTS / "contagion.json", show_default=True, help="Write results as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              default=RESULTS / "contagion.csv", show_default=True, help="Write results as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              default=RESULTS / "contagion.png", show_default=True,
+              help="Write the victim-p99 plot (PNG).")
+def main(scenario, quick, duration, policies, json_path, csv_path, plot_path):
+    """Measure cross-tenant tail-latency contagion under each scheduling policy."""
+    console = Console()
+    scn = tomllib.loads(scenario.read_text())
+    if policies:
+        scn["policies"] = list(policies)
+    duration = duration or scn["quick_duration_s" if quick else "duration_s"]
+    todo = plan(scn, quick)
+    runs = []
+    started = time.monotonic()
+    # no refresh thread: both cores are busy with the loop and the generator,
+    # so the terminal is redrawn only when the main thread wakes up anyway
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, auto_refresh=False) as progress:
+        task = progress.add_task("", total=len(todo) * duration)
+        for i, (policy, load) in enumerate(todo):
+            what = "alone" if load is None else f"aggressor {load:g}x"
+            progress.update(task, description=f"[{i + 1}/{len(todo)}] {policy:<9} {what}")
+            done_before = i * duration
+            t0 = time.monotonic()
+            runs.append(run_once(scn, policy, load, duration, lambda: progress.update(
+                task, completed=done_before + min(duration, time.monotonic() - t0),
+                refresh=True)))
+            progress.update(task, completed=(i + 1) * duration)
+    print_table(console, scn, runs)
+    for what, value, ok in verdicts(scn, runs):
+        console.print(f"  {'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}: [bold]{value}[/]")
+    write_json(json_path, {"scenario": scn, "quick": quick, "duration_s": duration, "runs": runs})
+    write_csv(csv_path, runs)
+    plot(plot_path, scn, runs)
+    console.print(f"{len(runs)} runs in {time.monotonic() - started:.0f} s; wrote {json_path}, "
+                  f"{csv_path}, {plot_path}")
+
+
+if __name__ == "__main__":
+    main()
