@@ -4,6 +4,7 @@
 are stripped here except integer `#define`s, which cffi understands.
 Run as a script to build `datapath/_dp*.so` in place.
 """
+import os
 import pathlib
 import re
 
@@ -14,6 +15,11 @@ SRC = HERE / "src"
 HEADER = HERE / "include" / "isolane_dp.h"
 CFLAGS = ["-O3", "-march=native", "-std=gnu11", "-Wall", "-Wno-unused-parameter",
           "-fno-strict-aliasing", "-pthread"]
+LDFLAGS = ["-pthread", "-lm"]
+# ISOLANE_SANITIZE=1 builds with AddressSanitizer (see `make test-asan`)
+if os.environ.get("ISOLANE_SANITIZE") == "1":
+    CFLAGS += ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+    LDFLAGS += ["-fsanitize=address"]
 
 
 def cdef_text() -> str:
@@ -33,7 +39,7 @@ ffibuilder.set_source(
     sources=[str(p.relative_to(HERE.parent)) for p in sorted(SRC.glob("*.c"))],
     include_dirs=[str(HERE / "include"), str(SRC)],
     extra_compile_args=CFLAGS,
-    extra_link_args=["-pthread", "-lm"],
+    extra_link_args=LDFLAGS,
 )
 
 if __name__ == "__main__":

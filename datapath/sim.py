@@ -12,8 +12,8 @@ from .config import POLICIES, TenantConfig, _choice
 from .errors import check
 
 IDLE = 0xFFFFFFFF
-EVENT_DTYPE = np.dtype([("tenant", np.uint32), ("lent", np.uint32),
-                        ("start", np.uint64), ("end", np.uint64)])
+EVENT_DTYPE = np.dtype([("tenant", np.uint32), ("lent", np.uint32), ("pkts", np.uint32),
+                        ("_pad", np.uint32), ("start", np.uint64), ("end", np.uint64)])
 
 
 def simulate(policy: str, tenants: list[TenantConfig], cost_cycles: list[int],
@@ -21,10 +21,11 @@ def simulate(policy: str, tenants: list[TenantConfig], cost_cycles: list[int],
              refill_cycles: int = 1000, work_conserving: bool = False,
              max_events: int = 200_000) -> np.ndarray:
     """Serves tenants i = 0..n-1, each backlogged over backlog[i] = (from, until)
-    cycles, one packet of cost_cycles[i] at a time, until `horizon`.
+    cycles, in turns of max(1, quantum_cycles // cost_cycles[i]) packets of
+    cost_cycles[i] each, until `horizon`.
 
-    Returns the trace as a structured array (tenant, lent, start, end), one
-    row per served packet or idle gap (tenant == IDLE). Budgets come from
+    Returns the trace as a structured array (tenant, lent, pkts, start, end),
+    one row per turn or idle gap (tenant == IDLE). Budgets come from
     each TenantConfig as in the datapath: share per cycle, cap_us and rates
     converted with the calibrated TSC rate (lib.dp_tsc_hz())."""
     n = len(tenants)

@@ -1,23 +1,39 @@
 """Properties of the scheduling policies, checked with hypothesis on the
 real C policy code driven by a virtual clock (datapath.sim).
 
+Turns (datapath/src/policy.h): a turn (one trace row) of tenant i is one or
+more slices of slice_pkts(cost_i, quantum) packets back to back; the policy
+checks the budget before every slice and charges the slice exactly after
+it, and the turn goes on while it has run less than the quantum. So a slice
+(slice_cycles <= max(quantum, cost)) is the most a tenant overdraws, and a
+turn lasts at most turn_cycles (< quantum + one slice). Refills happen only
+between turns.
+
 (a) Time protection, upper bound. Under strict "cycles", in ANY window
     [a, b) a tenant with share s and cap C runs at most
-        s * (b - a + refill) + C + its own packet cost.
+        s * (b - a + refill) + C + one of its slices.
     Why: its balance B never exceeds C (refill clamps credit + balance at
-    the cap); it starts a packet only with B > 0 and is charged the whole
-    packet up front, so B > -cost afterwards; credit reaches it only at
-    refills, each covering time up to the refill, and at a packet start
-    the last refill is less than `refill` old. Work-conserving mode lends
-    idle time uncharged, so there the bound holds for the charged rows.
+    the cap); it starts a slice only with B > 0 and is charged the whole
+    slice after it, so B > -slice afterwards; credit reaches it only at
+    refills, each covering time up to the refill, and at a turn start (the
+    worst a: service is contiguous within a turn) the last refill is less
+    than `refill` old. Work-conserving mode lends idle time uncharged, so
+    there the bound holds for the charged rows.
 (b) Work conservation: "cycles" with work_conserving=True, and fifo, never
     leave the core idle while a tenant is backlogged.
 (c) Bounded wait (instead of a long-run lower bound, which needs more
     care than a test should hide): under strict "cycles" with everyone
-    backlogged, between two packets of tenant i there is at most the time
-    to pay off one packet's debt (cost_i / s_i), a refill period's lag,
-    one round of every other tenant's turn (quantum + a packet) and the
-    packet running when it becomes funded.
+    backlogged, between two turns of tenant i there is at most
+        slice_i / s_i + refill + max_{j!=i} turn_j + sum_{j!=i} turn_j.
+    Why: if i ends a turn funded, it rotates to the back of the active
+    ring and each other tenant runs at most one turn first (a tenant found
+    broke is skipped at no cost; one that turns funded at a refill joins
+    behind i). If i ends broke, its debt is under one slice, paid off by
+    the credit of slice_i / s_i cycles; the refill that hands it over
+    comes at most `refill` later, delayed by at most the turn of another
+    tenant running when it falls due; then i rejoins the ring (behind at
+    most every other tenant's turn). Credit is rounded down in fixed point
+    (under 2^-16 per refill), which 1 / s_i more cycles cover.
 """
 from __future__ import annotations
 
@@ -34,6 +50,18 @@ pytestmark = pytest.mark.unit
 
 HZ = lib.dp_tsc_hz()
 PROPS = settings(max_examples=60, deadline=None)
+SIM_BACKLOG = 64  # packets the sim keeps queued (datapath/src/sim.c): caps a slice
+
+
+def slice_cycles(cost: int, quantum: int) -> int:
+    """One slice: the packets one budget check lets through, <= max(quantum, cost)."""
+    return min(max(1, quantum // cost), SIM_BACKLOG) * cost
+
+
+def turn_cycles(cost: int, quantum: int) -> int:
+    """The longest turn: slices until it has run >= quantum (< quantum + a slice)."""
+    sl = slice_cycles(cost, quantum)
+    return max(1, -(-quantum // sl)) * sl
 
 
 @st.composite
@@ -86,9 +114,13 @@ def test_strict_cycles_no_window_exceeds_share_plus_cap(w, horizon):
     assert_contiguous(tr, horizon)
     assert not tr["lent"].any()
     for i in range(n):
+        rows = tr[tr["tenant"] == i]
+        assert np.all(rows["end"] - rows["start"] == rows["pkts"].astype(np.uint64) * costs[i])
+        assert np.all(rows["end"] - rows["start"] <= turn_cycles(costs[i], quantum))
         cap = caps_us[i] * HZ / 1e6
         excess = max_excess(*cumulative_service(tr, i), shares[i])
-        assert excess <= shares[i] * refill + cap + costs[i] + 1e-6, (i, excess)
+        assert excess <= shares[i] * refill + cap + slice_cycles(costs[i], quantum) + 1e-6, \
+            (i, excess)
     # shares sum to <= 1 and strict mode lends nothing: the rest is idle or
     # burst, never more than the whole core
     assert sum(service(tr, i, 0, horizon) for i in range(n)) <= horizon
@@ -107,7 +139,8 @@ def test_work_conserving_charged_service_obeys_the_same_bound(w, horizon):
     for i in range(n):
         cap = caps_us[i] * HZ / 1e6
         excess = max_excess(*cumulative_service(tr, i, lent=0), shares[i])
-        assert excess <= shares[i] * refill + cap + costs[i] + 1e-6, (i, excess)
+        assert excess <= shares[i] * refill + cap + slice_cycles(costs[i], quantum) + 1e-6, \
+            (i, excess)
 
 
 @st.composite
@@ -169,10 +202,11 @@ def test_strict_cycles_bounded_wait(w, horizon):
     tenants = [TenantConfig(share=s, cap_us=c) for s, c in zip(shares, caps_us)]
     tr = simulate("cycles", tenants, costs, [(0, horizon)] * n, horizon,
                   quantum_cycles=quantum, refill_cycles=refill)
-    cmax = max(costs)
+    turns = [turn_cycles(c, quantum) for c in costs]
     for i in range(n):
-        others = sum(quantum + costs[j] for j in range(n) if j != i)
-        bound = costs[i] / shares[i] + 2 * refill + 3 * cmax + others
+        others = [turns[j] for j in range(n) if j != i]
+        bound = (slice_cycles(costs[i], quantum) + 1) / shares[i] + refill + max(others) + \
+            sum(others)
         rows = tr[tr["tenant"] == i]
         ends = np.concatenate([[0], rows["end"].astype(np.int64)])
         starts = np.concatenate([rows["start"].astype(np.int64), [int(tr["end"][-1])]])

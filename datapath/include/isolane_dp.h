@@ -127,9 +127,10 @@ struct dp_global_stats {
 	uint64_t drops[2];  /* by enum dp_global_drop */
 	uint64_t busy_cycles;
 	uint64_t total_cycles;
-	uint64_t stalls;          /* loop iterations longer than 20 us with no
-				     handler running that long: time the core
-				     was taken away (host, kernel, other tasks) */
+	uint64_t stalls;          /* with accounting: loop iterations 20 us
+				     longer than their handlers took: time
+				     the core was taken away (host, kernel,
+				     other tasks) */
 	uint64_t stall_cycles;
 };
 
@@ -206,13 +207,18 @@ uint64_t dp_hist_lower(uint32_t index);
 uint64_t dp_hist_upper(uint32_t index);
 
 /* Scheduler simulation on a virtual clock: the real policy code driven
- * without packets, for property tests. Every tenant in `tenants` is always
- * backlogged from tick `backlog_from[i]` to `backlog_until[i]`; serving one
- * packet of tenant i costs cost_cycles[i]. Returns the number of trace
- * entries written: (tenant, start, end) per served packet, or -errno. */
+ * without packets, for property tests. Tenant i is backlogged from tick
+ * backlog_from[i] to backlog_until[i] (64 packets queued); one of its
+ * packets costs exactly cost_cycles[i], which is also its handler's static
+ * bound, so a slice is max(1, quantum_cycles / cost) packets, and a turn
+ * runs slices, as the loop does, while the policy's take() lets it and
+ * it has run fewer than 32 packets (see datapath/src/policy.h). Packets are 64 bytes. Returns the number of
+ * trace entries written, one per turn or idle gap, or -errno. */
 struct dp_sim_event {
 	uint32_t tenant;   /* index into the tenant arrays; UINT32_MAX = idle */
-	uint32_t lent;
+	uint32_t lent;     /* the turn ran on lent (idle) time, uncharged */
+	uint32_t pkts;     /* packets the turn ran */
+	uint32_t _pad;
 	uint64_t start;
 	uint64_t end;
 };

@@ -49,6 +49,7 @@ struct mem_backend {
 	/* generator-private */
 	struct pkt **free;
 	uint32_t n_free;
+	uint32_t cursor; /* next flow to look at */
 	uint64_t rng;
 };
 
@@ -145,14 +146,22 @@ static void *generator(void *arg)
 
 		/* due arrivals, one per flow per round so flows interleave; a
 		 * saturating flow only fills what the ring can take */
-		for (uint32_t i = 0; i < m->n_flows; i++)
-			if (m->flows[i].arrival == DP_ARRIVAL_SATURATE)
-				limit = MIN(GEN_BATCH, spsc_room(&m->rx));
+		for (uint32_t i = 0; i < m->n_flows; i++) {
+			if (m->flows[i].arrival == DP_ARRIVAL_SATURATE) {
+				uint32_t room = spsc_room(&m->rx); /* once: MIN() reads twice */
+
+				limit = MIN(GEN_BATCH, room);
+				break;
+			}
+		}
 		while (progress && nb < limit) {
 			progress = false;
-			for (uint32_t i = 0; i < m->n_flows && nb < limit; i++) {
+			for (uint32_t k = 0; k < m->n_flows && nb < limit; k++) {
+				/* start where the last burst stopped: no flow starves */
+				uint32_t i = m->cursor;
 				struct mem_flow *f = &m->flows[i];
 
+				m->cursor = i + 1 == m->n_flows ? 0 : i + 1;
 				if (f->next > now)
 					continue;
 				progress = true;

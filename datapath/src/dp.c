@@ -39,9 +39,8 @@ int dp_create(const struct dp_config *cfg, dp_t **out)
 		return -ENOMEM;
 	dp->cfg = *cfg;
 	dp->quantum_cycles = ns_to_cycles(cfg->quantum_ns);
-	err = sched_init(&dp->sched, cfg->policy, cfg->work_conserving,
-			 ns_to_cycles(cfg->refill_us * 1000.0), dp->quantum_cycles, dp->tenants,
-			 rdtsc());
+	err = sched_init(&dp->sched, cfg->policy, cfg->work_conserving, dp->quantum_cycles,
+			 ns_to_cycles(cfg->refill_us * 1000.0), dp->tenants, rdtsc());
 	if (err) {
 		free(dp);
 		return err;

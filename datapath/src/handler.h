@@ -14,9 +14,20 @@
 struct handler {
 	uint32_t (*run)(const struct handler *h, struct pkt *p);
 	uint32_t kind;         /* enum dp_handler_kind */
+	uint64_t bound_cycles; /* static worst case per packet; 0: none known */
 	uint64_t spin_cycles;  /* spin: default cost when the packet has no probe */
 };
 
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns);
+
+/* packets of this handler one slice may run: what fits in quantum_cycles
+ * by its static bound, one when it has none */
+static inline uint32_t handler_slice_pkts(const struct handler *h, uint64_t quantum_cycles,
+					 uint32_t most)
+{
+	uint64_t n = h->bound_cycles ? quantum_cycles / h->bound_cycles : 1;
+
+	return n < 1 ? 1 : n > most ? most : (uint32_t)n;
+}
 
 #endif

@@ -4,7 +4,12 @@
  *   addresses and transmits the packet back (checksums stay valid: the
  *   one's-complement sums are symmetric in the swapped fields).
  * spin: the adversary: burns the cost the packet's isolane probe header
- *   asks for (or the tenant's configured cost), then echoes. */
+ *   asks for (or the tenant's configured cost), then echoes.
+ *
+ * Their static bounds: echo and drop are loop-free code of a few dozen
+ * instructions, bounded generously (10x what they take here); spin's cost
+ * is whatever the packet says, so it has no bound and runs one packet per
+ * turn. */
 #include <errno.h>
 #include <string.h>
 
@@ -101,18 +106,22 @@ static uint32_t run_spin(const struct handler *h, struct pkt *p)
 	return echo_back(p, &v);
 }
 
+static const struct {
+	uint32_t (*run)(const struct handler *, struct pkt *);
+	uint32_t bound_ns;
+} natives[] = {
+	[DP_HANDLER_DROP] = {run_drop, 20},
+	[DP_HANDLER_ECHO] = {run_echo, 100},
+	[DP_HANDLER_SPIN] = {run_spin, 0},
+};
+
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns)
 {
-	static uint32_t (*const runs[])(const struct handler *, struct pkt *) = {
-		[DP_HANDLER_DROP] = run_drop,
-		[DP_HANDLER_ECHO] = run_echo,
-		[DP_HANDLER_SPIN] = run_spin,
-	};
-
-	if (kind >= sizeof(runs) / sizeof(runs[0]))
+	if (kind >= ARRAY_SIZE(natives))
 		return -EINVAL;
 	h->kind = kind;
-	h->run = runs[kind];
+	h->run = natives[kind].run;
+	h->bound_cycles = ns_to_cycles(natives[kind].bound_ns);
 	h->spin_cycles = ns_to_cycles(spin_ns);
 	return 0;
 }

@@ -21,6 +21,7 @@ struct tenant {
 	uint32_t id;
 	struct dp_tenant_config cfg;
 	struct handler handler;
+	uint32_t slice_pkts;       /* most packets a slice runs (handler_slice_pkts) */
 	struct tqueue q;
 	struct budget_shared bucket;
 	struct budget_cache cache; /* the (single) fast-path core's cache */
@@ -50,6 +51,7 @@ struct dp_cmd {
 struct dp {
 	struct dp_config cfg;
 	uint64_t quantum_cycles;
+	uint64_t tx_cycles_per_pkt; /* last flush's cost per packet (accounting) */
 	struct tenant *tenants[DP_MAX_TENANTS];
 	uint32_t queue_slots; /* sum of queue capacities, <= SCHED_ORDER_CAP */
 	struct classifier *cls;

@@ -5,14 +5,22 @@
  *   rx_stage     receive a burst, classify it, queue each packet with its
  *                tenant (intervention point: the burst's cost is shared
  *                out to the tenants whose packets it carried)
- *   run_stage    let the policy pick tenants and run their handlers, each
- *                timed with rdtsc and charged (intervention point); stops
- *                after quantum_ns so RX is polled again promptly
+ *   run_stage    let the policy pick tenants and run their handlers in
+ *                turns; the time of every turn is measured with rdtsc and
+ *                charged to its tenant (intervention point); stops after
+ *                about quantum_ns so RX is polled again promptly
  *   flush_stage  carry out the verdicts: transmit, free, record completion
  *                latency (intervention point: the TX work is charged)
  *   ctl_poll     refill budgets on time, apply a pending control command
  *
- * Nothing here allocates, locks, logs or makes a syscall. */
+ * Nothing here allocates, locks, logs or makes a syscall.
+ *
+ * Time: each TSC read waits for the cache misses in flight (the rings and
+ * frames cross cores), which here costs hundreds of cycles, so the loop
+ * reads the clock as seldom as exact charging allows. One read ends every
+ * iteration and starts the next; the flush is stamped with one more. With
+ * accounting, one read ends classification, and run_stage reads only at
+ * the edges of charge windows (see there). */
 #include <errno.h>
 #include <string.h>
 
@@ -24,7 +32,7 @@
 
 struct done_batch {
 	uint32_t n;
-	uint64_t run_cycles; /* time spent in handlers (accounting on) */
+	uint64_t run_cycles; /* time measured in run_stage (accounting on) */
 	struct pkt *pkts[RUN_BATCH];
 };
 
@@ -35,28 +43,17 @@ static always_inline void charge(struct dp *dp, struct tenant *t, uint64_t cycle
 	t->st.cycles += cycles;
 }
 
-/* shares a batch's measured cost out evenly over the tenants of its packets */
-static always_inline void charge_batch(struct dp *dp, struct tenant **owners, uint32_t n,
-				       uint64_t cycles)
+static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 {
-	uint64_t each = cycles / n;
-
-	for (uint32_t i = 0; i < n; i++)
-		charge(dp, owners[i], each, 0, 0);
-}
-
-static noinline uint32_t rx_stage(struct dp *dp)
-{
-	struct pkt *pkts[RX_BATCH_MAX], *drops[RX_BATCH_MAX];
-	struct tenant *owners[RX_BATCH_MAX];
+	struct pkt *pkts[RX_BATCH_MAX], *drops[RX_BATCH_MAX], *queued[RX_BATCH_MAX];
+	struct tenant *overflowed[RX_BATCH_MAX];
 	const bool acct = dp->cfg.accounting;
-	uint32_t n, n_drop = 0, n_owned = 0;
-	uint64_t t0;
+	uint32_t n, n_drop = 0, n_queued = 0, n_over = 0;
+	uint64_t each, t1;
 
 	n = dp->be->ops->rx_burst(dp->be, pkts, dp->cfg.rx_batch);
 	if (!n)
 		return 0;
-	t0 = acct ? rdtsc() : 0;
 
 	/* classify every packet and queue it behind its tenant's backlog */
 	for (uint32_t i = 0; i < n; i++) {
@@ -70,75 +67,167 @@ static noinline uint32_t rx_stage(struct dp *dp)
 			continue;
 		}
 		p->tenant = (uint16_t)id;
+		p->rx_cycles = 0;
 		t->st.rx++;
-		owners[n_owned++] = t;
 		if (unlikely(tq_push(&t->q, p))) {
 			t->st.drops[DP_DROP_QUEUE_FULL]++;
+			overflowed[n_over++] = t;
 			drops[n_drop++] = p;
 			continue;
 		}
+		queued[n_queued++] = p;
 		dp->sched.ops->enqueued(&dp->sched, t);
 	}
 	if (n_drop)
 		dp->be->ops->free_burst(dp->be, drops, n_drop);
 
-	/* intervention point: RX and classification, charged per packet */
-	if (acct && n_owned)
-		charge_batch(dp, owners, n_owned, rdtsc() - t0);
+	/* intervention point: RX and classification. A queued packet carries
+	 * its share of the burst to run_stage, to be charged with its handler
+	 * in one go; a tenant whose queue overflowed pays for it now. */
+	if (acct) {
+		t1 = rdtsc();
+		each = (t1 - *now) / n;
+		*now = t1;
+		for (uint32_t i = 0; i < n_queued; i++)
+			queued[i]->rx_cycles = (uint32_t)each;
+		for (uint32_t i = 0; i < n_over; i++)
+			charge(dp, overflowed[i], each, 0, 0);
+	}
 	dp->gst.rx += n;
 	return n;
 }
 
-static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done)
+/*
+ * Charge windows. Cycles are charged per *window*: the time between two
+ * clock readings, all of it spent on one tenant's turns. The clock is read
+ * when the tenant changes, after every slice of a handler without a static
+ * bound (its cost is only known by timing it), and when the run stage ends;
+ * a tenant that keeps the core for several turns is timed once. Each packet
+ * also carries its share of its RX burst, and pays the last flush's TX
+ * cost per packet.
+ */
+struct window {
+	struct tenant *t; /* NULL: closed */
+	bool lent;
+	uint32_t pkts, bytes;
+	uint64_t rx_cycles;
+};
+
+static always_inline void window_close(struct dp *dp, struct window *w, uint64_t cycles)
+{
+	if (!w->t)
+		return;
+	cycles += w->rx_cycles + w->pkts * dp->tx_cycles_per_pkt;
+	if (unlikely(w->lent))
+		w->t->st.lent_cycles += cycles;
+	else
+		charge(dp, w->t, cycles, w->pkts, w->bytes);
+	w->t = NULL;
+}
+
+static always_inline void window_open(struct window *w, struct tenant *t, bool lent)
+{
+	*w = (struct window){.t = t, .lent = lent};
+}
+
+/* runs one slice of t's turn: n packets back to back */
+static always_inline void run_slice(struct tenant *t, uint32_t n, struct done_batch *done,
+				    struct window *w)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct pkt *p = tq_pop(&t->q);
+
+		p->verdict = (uint8_t)t->handler.run(&t->handler, p);
+		w->bytes += p->len;
+		w->rx_cycles += p->rx_cycles;
+		done->pkts[done->n++] = p;
+	}
+	w->pkts += n;
+}
+
+/*
+ * Runs turns until RUN_BATCH packets are done or a quantum has passed by
+ * the clock (a stage of bounded handlers only is short by construction:
+ * RUN_BATCH times their bound at most). A turn's cycles count, for bounded
+ * handlers run since the last reading, their static bound: an upper
+ * estimate, so a turn ends early rather than late. *clock is the last
+ * reading on entry and on exit; a window still open on exit is closed by
+ * the loop's next reading.
+ */
+static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint64_t *clock,
+				   struct window *w)
 {
 	struct sched *s = &dp->sched;
 	const bool acct = dp->cfg.accounting;
-	uint64_t start = acct ? rdtsc() : 0, now = start, cycles = 0;
+	const uint64_t start = *clock;
+	uint64_t mark = start, est = 0; /* elapsed = mark - start + est */
 
 	while (done->n < RUN_BATCH) {
+		struct turn used = {0};
+		uint64_t turn_start = mark - start + est;
 		struct tenant *t;
-		struct pkt *p;
+		uint32_t n;
 		bool lent;
 
 		t = s->ops->pick(s, &lent);
 		if (!t)
 			break;
-		p = tq_pop(&t->q);
-		p->verdict = (uint8_t)t->handler.run(&t->handler, p);
-		done->pkts[done->n++] = p;
+		if (!acct)
+			window_open(w, t, lent);
+		/* the turn: slices for as long as the policy lets it go on */
+		while (done->n < RUN_BATCH &&
+		       (n = s->ops->take(s, t, lent, &used, MIN(t->slice_pkts, RUN_BATCH - done->n)))) {
+			const uint64_t bound = t->handler.bound_cycles;
+			const uint32_t bytes_before = w->bytes;
 
-		/* intervention point: the handler's measured cycles */
-		if (acct) {
-			uint64_t t1 = rdtsc();
+			if (acct && (w->t != t || w->lent != lent || !bound)) {
+				/* intervention point: the previous tenant's window */
+				if (w->t) {
+					uint64_t now = rdtsc();
 
-			cycles = t1 - now;
-			now = t1;
+					window_close(dp, w, now - mark);
+					mark = now;
+					est = 0;
+				}
+				window_open(w, t, lent);
+			}
+			run_slice(t, n, done, w);
+			used.pkts += n;
+			used.bytes += w->bytes - bytes_before;
+			if (acct && bound) {
+				est += n * bound;
+			} else if (acct) {
+				/* intervention point: an unbounded handler, timed now */
+				uint64_t now = rdtsc();
+
+				window_close(dp, w, now - mark);
+				mark = now;
+				est = 0;
+			}
+			used.cycles = mark - start + est - turn_start;
 		}
-		if (unlikely(lent))
-			t->st.lent_cycles += cycles;
-		else
-			charge(dp, t, cycles, 1, p->len);
-		s->ops->served(s, t, lent, cycles);
-		if (acct && now - start >= dp->quantum_cycles)
+		if (!acct)
+			window_close(dp, w, 0); /* packets and bytes still count */
+		s->ops->turn_done(s, t, lent);
+		if (acct && mark - start >= dp->quantum_cycles)
 			break;
 	}
-	done->run_cycles = now - start;
+	done->run_cycles = mark - start;
+	*clock = mark;
 	return done->n;
 }
 
-static noinline void flush_stage(struct dp *dp, struct done_batch *done)
+/* carries out the verdicts; `now` is the packets' completion time */
+static noinline void flush_stage(struct dp *dp, struct done_batch *done, uint64_t now)
 {
 	struct pkt *tx[RUN_BATCH], *drops[RUN_BATCH];
-	struct tenant *owners[RUN_BATCH];
 	uint32_t n_tx = 0, n_drop = 0, sent;
-	uint64_t now = rdtsc();
 
 	/* sort by verdict; a dropped verdict is carried out, so it completes */
 	for (uint32_t i = 0; i < done->n; i++) {
 		struct pkt *p = done->pkts[i];
 		struct tenant *t = dp->tenants[p->tenant];
 
-		owners[i] = t;
 		switch (p->verdict) {
 		case DP_XDP_TX:
 			tx[n_tx++] = p;
@@ -176,9 +265,6 @@ static noinline void flush_stage(struct dp *dp, struct done_batch *done)
 	if (n_drop)
 		dp->be->ops->free_burst(dp->be, drops, n_drop);
 
-	/* intervention point: TX work done on the tenants' behalf */
-	if (dp->cfg.accounting)
-		charge_batch(dp, owners, done->n, rdtsc() - now);
 }
 
 static void reset_stats(struct dp *dp)
@@ -203,6 +289,7 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 	switch (cmd->op) {
 	case CMD_TENANT_ADD:
 		t = cmd->tenant;
+		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		__atomic_store_n(&dp->tenants[t->id], t, __ATOMIC_RELEASE);
 		sched_tenant_added(&dp->sched, t);
 		break;
@@ -210,6 +297,7 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 		t = dp->tenants[cmd->tenant->id];
 		t->cfg = cmd->cfg;
 		handler_init(&t->handler, cmd->cfg.handler, cmd->cfg.spin_ns);
+		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		sched_tenant_budget(&dp->sched, t, false);
 		break;
 	case CMD_RULES_SET:
@@ -242,28 +330,37 @@ void *dp_loop(void *arg)
 {
 	struct dp *dp = arg;
 	struct done_batch done;
+	struct window w = {0};
 	const uint64_t stall_cycles = ns_to_cycles(STALL_NS);
-	uint64_t prev = rdtsc(), now;
+	const bool acct = dp->cfg.accounting;
+	uint64_t prev = rdtsc(), now = prev, flush_start = 0;
 	uint32_t work = 0;
 
 	dp->sched.last_refill = prev;
 	while (!__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE)) {
-		work = rx_stage(dp);
+		work = rx_stage(dp, &now);
 		done.n = 0;
 		done.run_cycles = 0;
-		if (run_stage(dp, &done)) {
-			flush_stage(dp, &done);
+		if (run_stage(dp, &done, &now, &w)) {
+			flush_start = rdtsc();
+
+			/* intervention point: the last window of the run stage */
+			window_close(dp, &w, flush_start - now);
+			flush_stage(dp, &done, flush_start);
 			work = 1;
 		}
 		now = rdtsc();
+		if (acct && done.n)
+			dp->tx_cycles_per_pkt = (now - flush_start) / done.n;
 		dp->gst.loops++;
 		dp->gst.total_cycles += now - prev;
 		if (work) {
 			dp->gst.busy_loops++;
 			dp->gst.busy_cycles += now - prev;
 		}
-		/* an iteration far longer than its handlers: the core was taken */
-		if (unlikely(now - prev - done.run_cycles > stall_cycles)) {
+		/* an iteration far longer than its handlers: the core was taken
+		 * (measurable with accounting only: without, nothing is timed) */
+		if (unlikely(acct && now - prev - done.run_cycles > stall_cycles)) {
 			dp->gst.stalls++;
 			dp->gst.stall_cycles += now - prev - done.run_cycles;
 		}

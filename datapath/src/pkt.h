@@ -23,7 +23,9 @@ struct pkt {
 	uint16_t flow;        /* generator flow, for per-flow stats */
 	uint32_t frame;       /* frame index in the backend's pool */
 	uint8_t verdict;      /* enum dp_verdict once the handler ran */
-	uint8_t _pad[39];
+	uint8_t _pad[3];
+	uint32_t rx_cycles;   /* its share of its RX burst, charged with its handler */
+	uint8_t _pad2[32];
 };
 _Static_assert(sizeof(struct pkt) == PKT_META_SIZE, "pkt meta is one cache line");
 

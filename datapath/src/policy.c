@@ -2,11 +2,11 @@
  * budget policies pkt_rate, byte_rate and cycles, which share one
  * signed-token-bucket scheduler and differ only in what a packet costs.
  *
- * Budget policies serve backlogged, funded tenants round-robin in turns of
- * equal *time* (quantum_cycles): a tenant of cheap packets drains its
- * backlog in one turn, a tenant of expensive ones runs one packet, so a
- * tenant waits for at most about one turn of each other tenant (the
- * non-preemptive limit). A tenant found broke moves to the broke ring
+ * Budget policies serve backlogged, funded tenants round-robin, a turn
+ * each, turns being one quantum of the policy's currency (see policy.h):
+ * under cycles a tenant waits for at most about one quantum of time of
+ * each other tenant (the non-preemptive limit), however cheap its own
+ * packets are. A tenant found broke moves to the broke ring
  * and is not looked at again until a refill funds it; in work-conserving
  * mode broke tenants are served, uncharged, only when no funded tenant has
  * backlog: time nobody else wanted is lent, never taken from a funded
@@ -55,7 +55,20 @@ static void fifo_enqueued(struct sched *s, struct tenant *t)
 static struct tenant *fifo_pick(struct sched *s, bool *lent)
 {
 	*lent = false;
-	return ring_empty(&s->order) ? NULL : s->tenants[ring_pop(&s->order)];
+	return ring_empty(&s->order) ? NULL : s->tenants[ring_front(&s->order)];
+}
+
+/* the run of t's packets at the head of the arrival order */
+static uint32_t fifo_take(struct sched *s, struct tenant *t, bool lent, const struct turn *used,
+			  uint32_t max)
+{
+	uint32_t n = 0;
+
+	while (n < max && !ring_empty(&s->order) && ring_front(&s->order) == t->id) {
+		ring_pop(&s->order);
+		n++;
+	}
+	return n;
 }
 
 static void fifo_charge(struct sched *s, struct tenant *t, uint64_t cycles, uint32_t pkts,
@@ -63,7 +76,7 @@ static void fifo_charge(struct sched *s, struct tenant *t, uint64_t cycles, uint
 {
 }
 
-static void fifo_served(struct sched *s, struct tenant *t, bool lent, uint64_t cycles)
+static void fifo_turn_done(struct sched *s, struct tenant *t, bool lent)
 {
 }
 
@@ -76,8 +89,9 @@ const struct sched_ops sched_fifo_ops = {
 	.name = "fifo",
 	.enqueued = fifo_enqueued,
 	.pick = fifo_pick,
+	.take = fifo_take,
 	.charge = fifo_charge,
-	.served = fifo_served,
+	.turn_done = fifo_turn_done,
 	.refill = fifo_refill,
 };
 
@@ -91,16 +105,6 @@ static void bucket_enqueued(struct sched *s, struct tenant *t)
 	}
 }
 
-static always_inline struct tenant *begin_turn(struct sched *s, struct tenant *t)
-{
-	if (s->visit_tenant != (int32_t)t->id) {
-		s->visit_tenant = (int32_t)t->id;
-		s->visit_cycles = 0;
-		s->visit_pkts = 0;
-	}
-	return t;
-}
-
 static struct tenant *bucket_pick(struct sched *s, bool *lent)
 {
 	*lent = false;
@@ -108,16 +112,15 @@ static struct tenant *bucket_pick(struct sched *s, bool *lent)
 		struct tenant *t = s->tenants[ring_front(&s->active)];
 
 		if (likely(budget_funded(&t->bucket, &t->cache)))
-			return begin_turn(s, t);
+			return t;
 		/* broke with backlog: park it until a refill funds it */
 		ring_pop(&s->active);
 		ring_push(&s->broke, (uint16_t)t->id);
-		s->visit_tenant = -1;
 		t->st.throttles++;
 	}
 	if (s->work_conserving && !ring_empty(&s->broke)) {
 		*lent = true;
-		return begin_turn(s, s->tenants[ring_front(&s->broke)]);
+		return s->tenants[ring_front(&s->broke)];
 	}
 	return NULL;
 }
@@ -131,16 +134,38 @@ static void bucket_charge(struct sched *s, struct tenant *t, uint64_t cycles, ui
 	budget_spend(&t->cache, units);
 }
 
-/* the tenant served sits at the front of its ring: its turn goes on, or
- * it rotates to the back, or it leaves the ring when its queue ran empty */
-static void bucket_served(struct sched *s, struct tenant *t, bool lent, uint64_t cycles)
+/* The turn goes on while it is under its quantum and the tenant is funded
+ * (on lent time: while no funded tenant waits). A slice may overdraw the
+ * budget; the overrun is debt, repaid later. */
+static uint32_t bucket_take(struct sched *s, struct tenant *t, bool lent, const struct turn *used,
+			    uint32_t max)
+{
+	switch (s->policy) {
+	case DP_POLICY_CYCLES:
+		if (used->pkts && used->cycles >= s->quantum_cycles)
+			return 0;
+		break;
+	case DP_POLICY_PKT_RATE:
+		if (used->pkts >= PKT_QUANTUM)
+			return 0;
+		max = MIN(max, PKT_QUANTUM - used->pkts);
+		break;
+	default: /* bytes: one packet a slice, sizes are known only once popped */
+		if (used->bytes >= BYTE_QUANTUM)
+			return 0;
+		max = 1;
+	}
+	if (lent ? !ring_empty(&s->active) : !budget_funded(&t->bucket, &t->cache))
+		return 0;
+	return MIN(max, tq_len(&t->q));
+}
+
+/* the tenant served sits at the front of its ring: it rotates to the
+ * back, or leaves the ring when its queue ran empty */
+static void bucket_turn_done(struct sched *s, struct tenant *t, bool lent)
 {
 	struct id_ring *r = lent ? &s->broke : &s->active;
 
-	s->visit_cycles += cycles;
-	if (tq_len(&t->q) && s->visit_cycles < s->quantum_cycles && ++s->visit_pkts < VISIT_MAX_PKTS)
-		return;
-	s->visit_tenant = -1;
 	ring_pop(r);
 	if (tq_len(&t->q))
 		ring_push(r, (uint16_t)t->id);
@@ -177,8 +202,9 @@ const struct sched_ops sched_bucket_ops = {
 	.name = "bucket",
 	.enqueued = bucket_enqueued,
 	.pick = bucket_pick,
+	.take = bucket_take,
 	.charge = bucket_charge,
-	.served = bucket_served,
+	.turn_done = bucket_turn_done,
 	.refill = bucket_refill,
 };
 
@@ -208,8 +234,8 @@ void sched_tenant_budget(struct sched *s, struct tenant *t, bool fresh)
 	}
 }
 
-int sched_init(struct sched *s, uint32_t policy, bool work_conserving, uint64_t refill_cycles,
-	       uint64_t quantum_cycles, struct tenant **tenants, uint64_t now)
+int sched_init(struct sched *s, uint32_t policy, bool work_conserving, uint64_t quantum_cycles,
+	       uint64_t refill_cycles, struct tenant **tenants, uint64_t now)
 {
 	if (policy > DP_POLICY_CYCLES)
 		return -EINVAL;
@@ -218,9 +244,8 @@ int sched_init(struct sched *s, uint32_t policy, bool work_conserving, uint64_t 
 	s->n_ids = 0;
 	s->policy = policy;
 	s->work_conserving = work_conserving;
-	s->refill_cycles = refill_cycles;
 	s->quantum_cycles = quantum_cycles;
-	s->visit_tenant = -1;
+	s->refill_cycles = refill_cycles;
 	s->last_refill = now;
 	if (ring_init(&s->order, SCHED_ORDER_CAP) || ring_init(&s->active, DP_MAX_TENANTS) ||
 	    ring_init(&s->broke, DP_MAX_TENANTS)) {

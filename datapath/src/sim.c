@@ -8,17 +8,19 @@
 
 static struct pkt sim_pkt = {.len = 64};
 
+#define SIM_BACKLOG 64 /* packets kept queued for a backlogged tenant */
+
 static bool backlogged(const uint64_t *from, const uint64_t *until, uint32_t i, uint64_t now)
 {
 	return now >= from[i] && now < until[i];
 }
 
-/* keeps every backlogged tenant's queue non-empty */
+/* keeps every backlogged tenant's queue topped up */
 static void top_up(struct sched *s, struct tenant **ts, uint32_t n, const uint64_t *from,
 		   const uint64_t *until, uint64_t now)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		if (backlogged(from, until, i, now) && !tq_len(&ts[i]->q)) {
+		while (backlogged(from, until, i, now) && tq_len(&ts[i]->q) < SIM_BACKLOG) {
 			tq_push(&ts[i]->q, &sim_pkt);
 			s->ops->enqueued(s, ts[i]);
 		}
@@ -49,7 +51,7 @@ int dp_sched_simulate(uint32_t policy, uint32_t work_conserving, uint32_t quantu
 
 	if (n == 0 || n > DP_MAX_TENANTS || refill_cycles == 0)
 		return -EINVAL;
-	err = sched_init(&s, policy, work_conserving, refill_cycles, quantum_cycles, by_id, 0);
+	err = sched_init(&s, policy, work_conserving, quantum_cycles, refill_cycles, by_id, 0);
 	if (err)
 		return err;
 	for (uint32_t i = 0; i < n; i++) {
@@ -58,12 +60,17 @@ int dp_sched_simulate(uint32_t policy, uint32_t work_conserving, uint32_t quantu
 			n = i;
 			goto out;
 		}
+		/* the simulated handler's bound is its exact cost */
+		ts[i]->handler.bound_cycles = cost[i];
+		ts[i]->slice_pkts = handler_slice_pkts(&ts[i]->handler, quantum_cycles, SIM_BACKLOG);
 		sched_tenant_added(&s, ts[i]);
 	}
 
 	while (now < horizon && n_ev < trace_cap) {
 		struct dp_sim_event *ev = &trace[n_ev++];
+		struct turn used = {0};
 		struct tenant *t;
+		uint32_t k;
 		bool lent;
 
 		if (now - s.last_refill >= s.refill_cycles)
@@ -71,15 +78,24 @@ int dp_sched_simulate(uint32_t policy, uint32_t work_conserving, uint32_t quantu
 		top_up(&s, ts, n, from, until, now);
 		t = s.ops->pick(&s, &lent);
 		if (!t) {
-			*ev = (struct dp_sim_event){UINT32_MAX, 0, now, next_event(&s, from, n, now)};
+			*ev = (struct dp_sim_event){UINT32_MAX, 0, 0, 0, now, next_event(&s, from, n, now)};
 			now = ev->end;
 			continue;
 		}
-		tq_pop(&t->q);
-		*ev = (struct dp_sim_event){t->id, lent, now, now + cost[t->id]};
-		if (!lent)
-			s.ops->charge(&s, t, cost[t->id], 1, sim_pkt.len);
-		s.ops->served(&s, t, lent, cost[t->id]);
+		/* a turn of slices, as run_stage() runs it */
+		*ev = (struct dp_sim_event){t->id, lent, 0, 0, now, now};
+		while (ev->pkts < RUN_BATCH &&
+		       (k = s.ops->take(&s, t, lent, &used, MIN(t->slice_pkts, RUN_BATCH - ev->pkts)))) {
+			for (uint32_t j = 0; j < k; j++)
+				tq_pop(&t->q);
+			ev->pkts += k;
+			ev->end += k * cost[t->id];
+			used = (struct turn){ev->pkts, ev->pkts * sim_pkt.len, ev->end - ev->start};
+			if (!lent)
+				s.ops->charge(&s, t, k * cost[t->id], k, k * sim_pkt.len);
+			top_up(&s, ts, n, from, until, ev->start);
+		}
+		s.ops->turn_done(&s, t, lent);
 		now = ev->end;
 	}
 	err = (int)n_ev;

@@ -23,13 +23,15 @@ static inline uint64_t ns_to_cycles(double ns)
 	return (uint64_t)(ns * tsc_hz() / 1e9);
 }
 
-/* burn cycles on this core, the way an expensive handler would */
+/* burn cycles on this core, the way an expensive handler would: plain
+ * work, no PAUSE (a hypervisor takes a PAUSE loop for a spinning lock and
+ * may deschedule the vCPU) */
 static always_inline void tsc_spin(uint64_t cycles)
 {
 	uint64_t end = rdtsc() + cycles;
 
 	while (rdtsc() < end)
-		_mm_pause();
+		;
 }
 
 #endif
