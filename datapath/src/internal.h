@@ -52,6 +52,8 @@ struct dp {
 	struct dp_config cfg;
 	uint64_t quantum_cycles;
 	uint64_t tx_cycles_per_pkt; /* last flush's cost per packet (accounting) */
+	uint64_t rx_cycles_per_pkt; /* running estimate of RX cost per packet */
+	uint64_t rx_bursts;
 	struct tenant *tenants[DP_MAX_TENANTS];
 	uint32_t queue_slots; /* sum of queue capacities, <= SCHED_ORDER_CAP */
 	struct classifier *cls;

@@ -19,8 +19,8 @@
  * frames cross cores), which here costs hundreds of cycles, so the loop
  * reads the clock as seldom as exact charging allows. One read ends every
  * iteration and starts the next; the flush is stamped with one more. With
- * accounting, one read ends classification, and run_stage reads only at
- * the edges of charge windows (see there). */
+ * accounting, run_stage reads at the edges of charge windows (see there),
+ * and one RX burst in RX_SAMPLE is timed. */
 #include <errno.h>
 #include <string.h>
 
@@ -29,12 +29,19 @@
 #include "tsc.h"
 
 #define STALL_NS 20000 /* an iteration this much longer than its handlers */
+#define RX_SAMPLE 16   /* RX bursts per timed RX burst */
 
 struct done_batch {
 	uint32_t n;
 	uint64_t run_cycles; /* time measured in run_stage (accounting on) */
 	struct pkt *pkts[RUN_BATCH];
 };
+
+/* cycles from mark to now; 0 when mark was an estimate that ran ahead */
+static always_inline uint64_t since(uint64_t now, uint64_t mark)
+{
+	return now > mark ? now - mark : 0;
+}
 
 static always_inline void charge(struct dp *dp, struct tenant *t, uint64_t cycles, uint32_t pkts,
 				 uint32_t bytes)
@@ -45,11 +52,11 @@ static always_inline void charge(struct dp *dp, struct tenant *t, uint64_t cycle
 
 static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 {
-	struct pkt *pkts[RX_BATCH_MAX], *drops[RX_BATCH_MAX], *queued[RX_BATCH_MAX];
+	struct pkt *pkts[RX_BATCH_MAX], *drops[RX_BATCH_MAX];
 	struct tenant *overflowed[RX_BATCH_MAX];
 	const bool acct = dp->cfg.accounting;
-	uint32_t n, n_drop = 0, n_queued = 0, n_over = 0;
-	uint64_t each, t1;
+	uint32_t n, n_drop = 0, n_over = 0;
+	uint64_t t1;
 
 	n = dp->be->ops->rx_burst(dp->be, pkts, dp->cfg.rx_batch);
 	if (!n)
@@ -67,7 +74,7 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 			continue;
 		}
 		p->tenant = (uint16_t)id;
-		p->rx_cycles = 0;
+		p->rx_cycles = (uint32_t)dp->rx_cycles_per_pkt;
 		t->st.rx++;
 		if (unlikely(tq_push(&t->q, p))) {
 			t->st.drops[DP_DROP_QUEUE_FULL]++;
@@ -75,23 +82,25 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 			drops[n_drop++] = p;
 			continue;
 		}
-		queued[n_queued++] = p;
 		dp->sched.ops->enqueued(&dp->sched, t);
 	}
 	if (n_drop)
 		dp->be->ops->free_burst(dp->be, drops, n_drop);
 
-	/* intervention point: RX and classification. A queued packet carries
-	 * its share of the burst to run_stage, to be charged with its handler
-	 * in one go; a tenant whose queue overflowed pays for it now. */
+	/* intervention point: RX and classification. It is the same code for
+	 * every tenant, so its cost per packet is measured on one burst in
+	 * RX_SAMPLE and each packet carries the running estimate, charged with
+	 * its handler; a tenant whose queue overflowed pays for it now. */
 	if (acct) {
-		t1 = rdtsc();
-		each = (t1 - *now) / n;
-		*now = t1;
-		for (uint32_t i = 0; i < n_queued; i++)
-			queued[i]->rx_cycles = (uint32_t)each;
+		if (unlikely(++dp->rx_bursts % RX_SAMPLE == 0)) {
+			t1 = rdtsc();
+			dp->rx_cycles_per_pkt = (7 * dp->rx_cycles_per_pkt + since(t1, *now) / n) / 8;
+			*now = t1;
+		} else {
+			*now += n * dp->rx_cycles_per_pkt;
+		}
 		for (uint32_t i = 0; i < n_over; i++)
-			charge(dp, overflowed[i], each, 0, 0);
+			charge(dp, overflowed[i], dp->rx_cycles_per_pkt, 0, 0);
 	}
 	dp->gst.rx += n;
 	return n;
@@ -164,7 +173,7 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 
 	while (done->n < RUN_BATCH) {
 		struct turn used = {0};
-		uint64_t turn_start = mark - start + est;
+		uint64_t turn_start = since(mark, start) + est;
 		struct tenant *t;
 		uint32_t n;
 		bool lent;
@@ -185,7 +194,7 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 				if (w->t) {
 					uint64_t now = rdtsc();
 
-					window_close(dp, w, now - mark);
+					window_close(dp, w, since(now, mark));
 					mark = now;
 					est = 0;
 				}
@@ -200,19 +209,19 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 				/* intervention point: an unbounded handler, timed now */
 				uint64_t now = rdtsc();
 
-				window_close(dp, w, now - mark);
+				window_close(dp, w, since(now, mark));
 				mark = now;
 				est = 0;
 			}
-			used.cycles = mark - start + est - turn_start;
+			used.cycles = since(mark, start) + est - turn_start;
 		}
 		if (!acct)
 			window_close(dp, w, 0); /* packets and bytes still count */
 		s->ops->turn_done(s, t, lent);
-		if (acct && mark - start >= dp->quantum_cycles)
+		if (acct && since(mark, start) >= dp->quantum_cycles)
 			break;
 	}
-	done->run_cycles = mark - start;
+	done->run_cycles = since(mark, start);
 	*clock = mark;
 	return done->n;
 }
@@ -345,13 +354,13 @@ void *dp_loop(void *arg)
 			flush_start = rdtsc();
 
 			/* intervention point: the last window of the run stage */
-			window_close(dp, &w, flush_start - now);
+			window_close(dp, &w, since(flush_start, now));
 			flush_stage(dp, &done, flush_start);
 			work = 1;
 		}
 		now = rdtsc();
 		if (acct && done.n)
-			dp->tx_cycles_per_pkt = (now - flush_start) / done.n;
+			dp->tx_cycles_per_pkt = since(now, flush_start) / done.n;
 		dp->gst.loops++;
 		dp->gst.total_cycles += now - prev;
 		if (work) {
