@@ -34,12 +34,13 @@ DP_SOURCES := datapath/build.py $(wildcard datapath/include/*.h datapath/src/*.c
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt kernel-headers bpffs venv build dp-ext test demo bench clean distclean
+.PHONY: help setup apt kernel-headers bpffs venv build dp-ext test test-asan demo bench clean distclean
 
 help:
 	@echo "isolane make targets:"
 	@echo "  demo       set-up + build, then the quick tail-contagion experiment"
 	@echo "  test       set-up + build, then the test suite (PYTEST_ARGS=... passed to pytest)"
+	@echo "  test-asan  the test suite against an AddressSanitizer build"
 	@echo "  setup      apt packages, kernel-header links for bcc, bpffs, $(VENV)"
 	@echo "  build      rebuild the cffi extension (datapath/$(DP_MODULE)*.so) after C changes"
 	@echo "  bench      contagion + throughput benchmarks, JSON into $(RESULTS)/"
@@ -128,6 +129,15 @@ $(DP_EXT): $(DP_SOURCES) | $(VENV)/.stamp-install
 
 test: setup build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The suite against an AddressSanitizer build of the fast path; `make build`
+# afterwards returns to the optimised one.
+test-asan: setup
+	rm -f datapath/$(DP_MODULE).*.so
+	ISOLANE_SANITIZE=1 $(PY) datapath/build.py
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+		$(PY) -m pytest tests $(PYTEST_ARGS)
+	rm -f datapath/$(DP_MODULE).*.so
 
 demo: setup build
 	$(PY) bench/contagion.py --quick

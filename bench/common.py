@@ -33,7 +33,11 @@ def fmt_us(value: float) -> str:
         return "inf"
     if math.isnan(value):
         return "-"
-    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+    return f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
+def fmt_count(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value >= 10_000 else f"{value:.0f}"
 
 
 def ratio(a: float, b: float) -> float:

@@ -36,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
+from common import RESULTS, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
 
 from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
 from datapath.probe import udp_frame  # noqa: E402
@@ -143,11 +143,10 @@ def print_table(console: Console, scn: dict, runs: list[dict]) -> None:
                   caption="medians over repetitions; done: completed; drop: lost before or "
                           "in the datapath; inf: the percentile falls among packets that never "
                           "completed; stall: ms the host took the fast-path core away",
-                  padding=(0, 1), box=box.SIMPLE_HEAD)
-    for col in ("policy", "aggr", "tenant", "p50", "p99", "p99.9", "sent", "done", "drop",
-                "stall"):
-        table.add_column(col, justify="left" if col in ("policy", "aggr", "tenant") else "right",
-                         no_wrap=True)
+                  padding=(0, 1), box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("policy", "tenant", "p50", "p99", "p99.9", "sent", "done", "drop", "stall"):
+        table.add_column(col, justify="left" if col in ("policy", "tenant") else "right",
+                         no_wrap=True, min_width=len(col))
     for run in runs:
         if run["adversary"] and run["aggressor_load"] != main:
             continue
@@ -155,9 +154,11 @@ def print_table(console: Console, scn: dict, runs: list[dict]) -> None:
             r = run[who]
             if r is None:
                 continue
-            table.add_row(run["policy"], "on" if run["adversary"] else "off", who,
+            tenant = "aggressor" if who == "aggressor" else \
+                "victim" if run["adversary"] else "victim alone"
+            table.add_row(run["policy"], tenant,
                           fmt_us(r["p50_us"]), fmt_us(r["p99_us"]), fmt_us(r["p999_us"]),
-                          f"{r['sent']:.0f}", f"{r['completed']:.0f}", f"{r['dropped']:.0f}",
+                          fmt_count(r["sent"]), fmt_count(r["completed"]), fmt_count(r["dropped"]),
                           f"{run['loop_stall_us'] / 1000:.1f}" if who == "victim" else "")
         table.add_section()
     console.print(table)

@@ -62,6 +62,14 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 	if (!n)
 		return 0;
 
+	/* prefetch every packet's metadata and headers for writing: another
+	 * core wrote them, and the handlers will write them too, so fetch
+	 * them owned now rather than upgrade them one store at a time */
+	for (uint32_t i = 0; i < n; i++) {
+		__builtin_prefetch(pkts[i], 1);
+		__builtin_prefetch(pkt_data(pkts[i]), 1);
+	}
+
 	/* classify every packet and queue it behind its tenant's backlog */
 	for (uint32_t i = 0; i < n; i++) {
 		struct pkt *p = pkts[i];
