@@ -25,8 +25,11 @@ if os.environ.get("ISOLANE_SANITIZE") == "1":
 def cdef_text() -> str:
     lines = []
     for line in HEADER.read_text().splitlines():
-        if line.startswith("#") and not re.match(r"#define \w+ (0x[0-9a-fA-F]+|\d+)$", line):
-            continue
+        if line.startswith("#"):
+            m = re.match(r"(#define \w+ (0x[0-9a-fA-F]+|\d+))\s*(/\*.*\*/)?$", line)
+            if not m:
+                continue
+            line = m.group(1)
         lines.append(line)
     return "\n".join(lines)
 

@@ -59,10 +59,11 @@ class TenantConfig:
     def __post_init__(self):
         _choice(HANDLERS, self.handler, "handler")
         q = self.queue_cap
-        if q < 2 or q & (q - 1) or q > 65536:
-            raise ConfigError(f"queue_cap must be a power of two in 2..65536, not {q}")
-        if not 0 <= self.spin_ns <= 100_000_000:
-            raise ConfigError(f"spin_ns must be in 0..1e8, not {self.spin_ns}")
+        if q < 2 or q & (q - 1) or q > lib.DP_QUEUE_SLOTS:
+            raise ConfigError(f"queue_cap must be a power of two in 2..{lib.DP_QUEUE_SLOTS}, "
+                              f"not {q}")
+        if not 0 <= self.spin_ns <= lib.DP_SPIN_MAX_NS:
+            raise ConfigError(f"spin_ns must be in 0..{lib.DP_SPIN_MAX_NS}, not {self.spin_ns}")
         if not 0.0 <= self.share <= 1.0:
             raise BudgetError(f"share is a fraction of a core in 0..1, not {self.share}")
         for name in ("cap_us", "pkt_rate", "pkt_burst", "byte_rate", "byte_burst"):
@@ -149,5 +150,6 @@ class Flow:
             raise ConfigError(f"{self.arrival} arrivals need rate_pps > 0")
         if self.arrival == "onoff" and not (self.on_us > 0 and self.off_us >= 0):
             raise ConfigError("onoff arrivals need on_us > 0 and off_us >= 0")
-        if not 14 <= len(self.frame) <= 1728:
-            raise ConfigError(f"frame must be 14..1728 bytes, not {len(self.frame)}")
+        if not 14 <= len(self.frame) <= lib.DP_MAX_FRAME_LEN:
+            raise ConfigError(f"frame must be 14..{lib.DP_MAX_FRAME_LEN} bytes, "
+                              f"not {len(self.frame)}")

@@ -47,7 +47,8 @@ class TenantStats:
     cycles: int
     lent_cycles: int
     throttles: int
-    balance_cycles: int
+    balance: int     # in the policy's currency: cycles, packets or bytes (< 0: debt)
+    forfeited: int   # credit refused at refill because the bucket was full
     queue_len: int
     latency: LatencyHistogram
 
@@ -230,7 +231,7 @@ class Datapath:
             drop_verdict=st.drop_verdict, completed=st.completed,
             drops={name: st.drops[i] for i, name in enumerate(DROP_REASONS)},
             cycles=st.cycles, lent_cycles=st.lent_cycles, throttles=st.throttles,
-            balance_cycles=st.balance_cycles, queue_len=st.queue_len, latency=hist)
+            balance=st.balance, forfeited=st.forfeited, queue_len=st.queue_len, latency=hist)
 
     def flow_stats(self, flow: int) -> FlowStats:
         """What the generator did for one flow (sent, lost at the NIC, late)."""
@@ -256,7 +257,7 @@ class Datapath:
         """Classifies one frame and runs its tenant's handler: returns
         (verdict, tenant, output frame); verdict "malformed" or "unknown"
         when no tenant got it. The loop must be stopped."""
-        buf = ffi.new("uint8_t[]", max(len(frame), 1728))
+        buf = ffi.new("uint8_t[]", max(len(frame), lib.DP_MAX_FRAME_LEN))
         ffi.memmove(buf, frame, len(frame))
         length = ffi.new("uint32_t *", len(frame))
         tenant = ffi.new("uint32_t *")

@@ -244,3 +244,11 @@ def test_bad_simulation_arguments():
         simulate("cycles", [TenantConfig()], [100], [(0, 10)], 10, refill_cycles=0)
     with pytest.raises(ConfigError):
         simulate("lottery", [TenantConfig()], [100], [(0, 10)], 10)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "cycles", "pkt_rate"])
+def test_small_queues_do_not_stall_the_simulator(policy):
+    # the simulator keeps 64 packets queued, unless the queue holds fewer
+    tr = simulate(policy, [TenantConfig(queue_cap=32, share=0.5, cap_us=10, pkt_rate=1e6)],
+                  [1000], [(0, 10**6)], 10**6, refill_cycles=REFILL)
+    assert int(tr["pkts"].sum()) > 0

@@ -403,3 +403,43 @@ def test_use_after_close_raises_instead_of_crashing():
     r = subprocess.run([sys.executable, "-c", USE_AFTER_CLOSE], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-500:])
+
+
+def test_pkt_rate_limits_the_live_loop_to_rate_plus_burst(dp_factory):
+    # packets are charged after every slice: a run stage of 32 cheap
+    # packets must not overdraw a one-packet bucket
+    dp = dp_factory("pkt_rate")
+    dp.add_tenant(1, handler="echo", pkt_rate=10, pkt_burst=1)
+    dp.set_rules([Rule(1, ip_dst="10.0.0.1")])
+    dp.use_mem_backend([Flow(udp_frame(), rate_pps=10_000)], duration_s=0.3)
+    t0 = time.monotonic()
+    with dp.running():
+        dp.wait_generator(poll_s=0.01)
+        st = dp.tenant_stats(1, latency=False)
+        elapsed_s = time.monotonic() - t0
+    assert 1 <= st.completed <= 1 + 10 * elapsed_s + 1
+    assert st.drops["queue_full"] > 0
+
+
+def test_credit_over_the_cap_is_forfeited_and_counted(dp_factory):
+    dp = dp_factory("cycles")
+    dp.add_tenant(1, handler="echo", share=0.5, cap_us=20)
+    dp.set_rules([Rule(1, ip_dst="10.0.0.1")])
+    run(dp, [Flow(udp_frame(), rate_pps=10_000)], duration_s=0.2)
+    st = dp.tenant_stats(1, latency=False)
+    # half a core for 0.2 s is far more than a few thousand echoes use
+    assert st.forfeited > 0.5 * HZ * 0.1
+    assert 0 < st.balance <= 20e-6 * HZ + 1
+
+
+def test_probe_cost_is_capped(dp_factory):
+    dp = dp_factory("fifo")
+    dp.add_tenant(1, handler="spin")
+    dp.set_rules([Rule(1, ip_dst="10.0.0.1")])
+    frame = bytearray(udp_frame(cost_ns=0))
+    # a probe asking for 4.29 s: the handler must not hold the core that long
+    frame[42 + 4:42 + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    t0 = time.monotonic()
+    verdict, tenant, _ = dp.process(bytes(frame))
+    assert verdict == "tx" and tenant == 1
+    assert time.monotonic() - t0 < lib.DP_SPIN_MAX_NS / 1e9 + 1.0

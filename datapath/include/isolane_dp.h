@@ -16,6 +16,9 @@
 #define DP_MAX_TENANTS 256
 #define DP_MAX_RULES 4096
 #define DP_MAX_FLOWS 256
+#define DP_MAX_FRAME_LEN 1728    /* bytes of packet a frame holds (2 KiB less headroom) */
+#define DP_QUEUE_SLOTS 65536     /* sum of all tenants' queue capacities */
+#define DP_SPIN_MAX_NS 100000000 /* spin: the most one packet may ask for */
 
 /* Latency histogram: log-linear over TSC cycles, <= 0.4% relative error
  * (bucket midpoint) from 0 to 2^45 cycles; 256 linear buckets, then 128
@@ -59,7 +62,8 @@ enum dp_verdict {
 /* Why a tenant's packet was dropped by the datapath (not by its handler). */
 enum dp_drop_reason {
 	DP_DROP_QUEUE_FULL = 0,  /* the tenant's own queue was full */
-	DP_DROP_FAULT = 1,       /* the handler faulted or ran out of budget */
+	DP_DROP_FAULT = 1,       /* the handler faulted or gave a verdict
+				    this datapath cannot carry out */
 	DP_DROP_TX_FULL = 2,     /* the backend could not take the reply */
 	DP_DROP_NO_SLOWPATH = 3, /* XDP_PASS with no slow path attached */
 	DP_DROP_REASONS = 4,
@@ -68,7 +72,7 @@ enum dp_drop_reason {
 /* Why a packet could not be given to any tenant. */
 enum dp_global_drop {
 	DP_GDROP_MALFORMED = 0, /* truncated or inconsistent headers */
-	DP_GDROP_UNKNOWN = 1,   /* no classifier rule matched */
+	DP_GDROP_UNKNOWN = 1,   /* no rule matched, or its tenant is not there */
 	DP_GDROP_REASONS = 2,
 };
 
@@ -77,7 +81,10 @@ struct dp_config {
 	uint32_t work_conserving; /* budget policies: lend idle time to broke tenants */
 	uint32_t accounting;      /* time each handler with rdtsc and charge it */
 	uint32_t refill_us;       /* budget refill period */
-	uint32_t quantum_ns;      /* max time in one dequeue phase before polling RX */
+	uint32_t quantum_ns;      /* cycles policy: a turn; with accounting also
+				     the most time a run stage takes before RX
+				     is polled again (without, nothing is timed
+				     and a stage is RUN_BATCH packets) */
 	uint32_t rx_batch;        /* packets per rx_burst (<= 64) */
 	int32_t core;             /* CPU to pin the fast-path thread to, -1: none */
 };
@@ -116,7 +123,9 @@ struct dp_tenant_stats {
 	uint64_t cycles;          /* cycles charged (handler + share of batch work) */
 	uint64_t lent_cycles;     /* cycles run on lent (idle) time, not charged */
 	uint64_t throttles;       /* times the tenant was found broke with backlog */
-	int64_t balance_cycles;   /* cycles policy: current balance (may be < 0) */
+	int64_t balance;          /* budget balance in the policy's currency
+				     (cycles, packets or bytes; < 0: debt) */
+	uint64_t forfeited;       /* credit refused at refill: over the cap */
 	uint64_t queue_len;
 };
 

@@ -111,11 +111,6 @@ static always_inline void emit(struct mem_flow *f, struct pkt *p, uint16_t flow,
 	memcpy(pkt_data(p), f->tmpl, f->len);
 }
 
-static uint32_t spsc_room(struct spsc *r)
-{
-	return r->mask + 1 - (r->prod.head - __atomic_load_n(&r->cons.tail, __ATOMIC_ACQUIRE));
-}
-
 static void *generator(void *arg)
 {
 	struct mem_backend *m = arg;
@@ -201,8 +196,8 @@ static int mem_start(struct backend *b)
 
 	/* every frame starts free, owned by the generator */
 	m->n_free = 0;
-	m->rx.prod.head = m->rx.prod.tail_cache = m->rx.cons.tail = m->rx.cons.head_cache = 0;
-	m->ret.prod.head = m->ret.prod.tail_cache = m->ret.cons.tail = m->ret.cons.head_cache = 0;
+	spsc_reset(&m->rx);
+	spsc_reset(&m->ret);
 	for (uint32_t i = 0; i < m->cfg.n_frames; i++) {
 		struct pkt *p = (struct pkt *)(m->frames + (size_t)i * FRAME_SIZE);
 
@@ -284,8 +279,6 @@ int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_me
 	struct mem_backend *m;
 	int err = -EINVAL;
 
-	if (dp->running)
-		return -EBUSY;
 	if (!n_flows || n_flows > DP_MAX_FLOWS || !nf || (nf & (nf - 1)) || !rs || (rs & (rs - 1)) ||
 	    rs > nf || !(cfg->duration_s > 0))
 		return -EINVAL;
@@ -315,9 +308,17 @@ int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_me
 	if (spsc_init(&m->rx, rs) || spsc_init(&m->ret, nf))
 		goto out_free;
 
+	/* swap it in under the control lock: never under a running loop */
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (dp->running) {
+		pthread_mutex_unlock(&dp->ctl_lock);
+		err = -EBUSY;
+		goto out_free;
+	}
 	if (dp->be)
 		dp->be->ops->destroy(dp->be);
 	dp->be = &m->be;
+	pthread_mutex_unlock(&dp->ctl_lock);
 	return 0;
 
 out_free:

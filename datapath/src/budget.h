@@ -43,19 +43,27 @@ static inline void budget_config(struct budget_shared *b, struct budget_cache *c
 	}
 }
 
-/* Adds dt cycles' worth of credit; what would lift credit plus the cores'
- * balances over the cap is dropped (strict: credit is use-it-or-lose-it). */
-static always_inline void budget_refill(struct budget_shared *b, int64_t cache_balances, uint64_t dt)
+/* Adds dt cycles' worth of credit. What would lift credit plus the cores'
+ * balances over the cap is forfeited, in every mode: a tenant cannot bank
+ * more than its cap (work-conserving mode lends idle *time*, not credit).
+ * Returns the units forfeited, for the tenant's stats. */
+static always_inline uint64_t budget_refill(struct budget_shared *b, int64_t cache_balances,
+					    uint64_t dt)
 {
 	unsigned __int128 add = ((unsigned __int128)dt * b->rate_q32) >> (32 - BAL_SHIFT);
 	int64_t credit = __atomic_load_n(&b->credit, __ATOMIC_RELAXED);
 	int64_t room = b->cap - cache_balances - credit;
+	uint64_t lost = 0;
 
-	if (room <= 0)
-		return;
-	if (add > (unsigned __int128)room)
+	if (room < 0)
+		room = 0;
+	if (add > (unsigned __int128)room) {
+		lost = (uint64_t)MIN(add - room, (unsigned __int128)INT64_MAX) >> BAL_SHIFT;
 		add = room;
-	__atomic_fetch_add(&b->credit, (int64_t)add, __ATOMIC_RELAXED);
+	}
+	if (add)
+		__atomic_fetch_add(&b->credit, (int64_t)add, __ATOMIC_RELAXED);
+	return lost;
 }
 
 /* true when this core may spend for the tenant: its cache holds credit,

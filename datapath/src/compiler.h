@@ -5,6 +5,7 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define prefetch(p) __builtin_prefetch(p)
+#define prefetchw(p) __builtin_prefetch(p, 1)
 #define always_inline inline __attribute__((always_inline))
 #define noinline __attribute__((noinline))
 #define cacheline_aligned __attribute__((aligned(64)))

@@ -214,8 +214,8 @@ int dp_tenant_stats(dp_t *dp, uint32_t id, struct dp_tenant_stats *out)
 	if (!t)
 		return -ENOENT;
 	*out = t->st;
-	out->balance_cycles = (int64_t)budget_units(&t->bucket, &t->cache);
-	out->queue_len = tq_len(&t->q);
+	out->balance = (int64_t)budget_units(&t->bucket, &t->cache);
+	out->queue_len = tq_len_racy(&t->q);
 	return 0;
 }
 
@@ -244,19 +244,25 @@ int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap, uint32
 	struct pkt *p;
 	int ret;
 
-	if (dp->running)
-		return -EBUSY;
 	if (*len > PKT_MAX_LEN)
 		return -EMSGSIZE;
 	buf = aligned_alloc(64, FRAME_SIZE);
 	if (!buf)
 		return -ENOMEM;
+	/* the lock keeps the classifier and tenants from changing under us */
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (dp->running) {
+		pthread_mutex_unlock(&dp->ctl_lock);
+		free(buf);
+		return -EBUSY;
+	}
 	p = (struct pkt *)buf;
 	memset(p, 0, sizeof(*p));
 	p->off = PKT_DATA_OFF;
 	p->len = *len;
 	memcpy(pkt_data(p), frame, *len);
 	ret = dp_handle_one(dp, p, tenant_out);
+	pthread_mutex_unlock(&dp->ctl_lock);
 	if (ret >= 0) {
 		if (p->len > cap) {
 			ret = -ENOSPC;

@@ -8,8 +8,8 @@
  *
  * Their static bounds: echo and drop are loop-free code of a few dozen
  * instructions, bounded generously (10x what they take here); spin's cost
- * is whatever the packet says, so it has no bound and runs one packet per
- * turn. */
+ * is whatever the packet says (at most DP_SPIN_MAX_NS), so it has no bound
+ * and is timed after every packet. */
 #include <errno.h>
 #include <string.h>
 
@@ -100,7 +100,7 @@ static uint32_t run_spin(const struct handler *h, struct pkt *p)
 	if (v.payload_len >= sizeof(probe)) {
 		memcpy(&probe, v.payload, sizeof(probe));
 		if (probe.magic == DP_PROBE_MAGIC)
-			cycles = ns_to_cycles(probe.cost_ns);
+			cycles = ns_to_cycles(MIN(probe.cost_ns, DP_SPIN_MAX_NS));
 	}
 	tsc_spin(cycles);
 	return echo_back(p, &v);

@@ -56,18 +56,22 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 	struct tenant *overflowed[RX_BATCH_MAX];
 	const bool acct = dp->cfg.accounting;
 	uint32_t n, n_drop = 0, n_over = 0;
-	uint64_t t1;
+	uint64_t t0, t1;
+	bool sampled;
 
 	n = dp->be->ops->rx_burst(dp->be, pkts, dp->cfg.rx_batch);
 	if (!n)
 		return 0;
+	sampled = acct && ++dp->rx_bursts % RX_SAMPLE == 0;
+	t0 = sampled ? rdtsc() : 0;
 
 	/* prefetch every packet's metadata and headers for writing: another
 	 * core wrote them, and the handlers will write them too, so fetch
-	 * them owned now rather than upgrade them one store at a time */
+	 * them owned now rather than upgrade them one store at a time (the
+	 * headers are where backends put them; a miss here is only a hint) */
 	for (uint32_t i = 0; i < n; i++) {
-		__builtin_prefetch(pkts[i], 1);
-		__builtin_prefetch(pkt_data(pkts[i]), 1);
+		prefetchw(pkts[i]);
+		prefetchw((uint8_t *)pkts[i] + PKT_DATA_OFF);
 	}
 
 	/* classify every packet and queue it behind its tenant's backlog */
@@ -98,11 +102,18 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
 	/* intervention point: RX and classification. It is the same code for
 	 * every tenant, so its cost per packet is measured on one burst in
 	 * RX_SAMPLE and each packet carries the running estimate, charged with
-	 * its handler; a tenant whose queue overflowed pays for it now. */
+	 * its handler; a tenant whose queue overflowed pays for it now. A
+	 * sample far above the estimate had the core taken away: it moves the
+	 * estimate by at most 4x, so a stall is not billed to the tenants. */
 	if (acct) {
-		if (unlikely(++dp->rx_bursts % RX_SAMPLE == 0)) {
+		if (unlikely(sampled)) {
+			uint64_t est = dp->rx_cycles_per_pkt, sample;
+
 			t1 = rdtsc();
-			dp->rx_cycles_per_pkt = (7 * dp->rx_cycles_per_pkt + since(t1, *now) / n) / 8;
+			sample = since(t1, t0) / n;
+			if (est && sample > 4 * est)
+				sample = 4 * est;
+			dp->rx_cycles_per_pkt = (7 * est + sample) / 8;
 			*now = t1;
 		} else {
 			*now += n * dp->rx_cycles_per_pkt;
@@ -119,14 +130,17 @@ static noinline uint32_t rx_stage(struct dp *dp, uint64_t *now)
  * clock readings, all of it spent on one tenant's turns. The clock is read
  * when the tenant changes, after every slice of a handler without a static
  * bound (its cost is only known by timing it), and when the run stage ends;
- * a tenant that keeps the core for several turns is timed once. Each packet
- * also carries its share of its RX burst, and pays the last flush's TX
- * cost per packet.
+ * a tenant that keeps the core for several turns is timed once. A window
+ * also charges its packets' share of RX work and the last flush's TX cost
+ * per packet. Packets and bytes need no clock: they are charged after each
+ * slice, so pkt_rate and byte_rate decide on exact balances; cycles reach
+ * the balance when the window closes, at most one run stage (RUN_BATCH
+ * packets of bounded handlers) late.
  */
 struct window {
 	struct tenant *t; /* NULL: closed */
 	bool lent;
-	uint32_t pkts, bytes;
+	uint32_t pkts;
 	uint64_t rx_cycles;
 };
 
@@ -138,35 +152,33 @@ static always_inline void window_close(struct dp *dp, struct window *w, uint64_t
 	if (unlikely(w->lent))
 		w->t->st.lent_cycles += cycles;
 	else
-		charge(dp, w->t, cycles, w->pkts, w->bytes);
+		charge(dp, w->t, cycles, 0, 0);
 	w->t = NULL;
 }
 
-static always_inline void window_open(struct window *w, struct tenant *t, bool lent)
+/* runs one slice of t's turn: n packets back to back; returns their bytes */
+static always_inline uint32_t run_slice(struct tenant *t, uint32_t n, struct done_batch *done,
+					struct window *w)
 {
-	*w = (struct window){.t = t, .lent = lent};
-}
+	uint32_t bytes = 0;
 
-/* runs one slice of t's turn: n packets back to back */
-static always_inline void run_slice(struct tenant *t, uint32_t n, struct done_batch *done,
-				    struct window *w)
-{
 	for (uint32_t i = 0; i < n; i++) {
 		struct pkt *p = tq_pop(&t->q);
 
 		p->verdict = (uint8_t)t->handler.run(&t->handler, p);
-		w->bytes += p->len;
+		bytes += p->len;
 		w->rx_cycles += p->rx_cycles;
 		done->pkts[done->n++] = p;
 	}
 	w->pkts += n;
+	return bytes;
 }
 
 /*
  * Runs turns until RUN_BATCH packets are done or a quantum has passed by
  * the clock (a stage of bounded handlers only is short by construction:
- * RUN_BATCH times their bound at most). A turn's cycles count, for bounded
- * handlers run since the last reading, their static bound: an upper
+ * RUN_BATCH times their bound at most). Elapsed time is the last reading
+ * plus, for bounded handlers run since, their static bound: an upper
  * estimate, so a turn ends early rather than late. *clock is the last
  * reading on entry and on exit; a window still open on exit is closed by
  * the loop's next reading.
@@ -177,25 +189,22 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 	struct sched *s = &dp->sched;
 	const bool acct = dp->cfg.accounting;
 	const uint64_t start = *clock;
-	uint64_t mark = start, est = 0; /* elapsed = mark - start + est */
+	uint64_t mark = start, est = 0; /* elapsed: since(mark, start) + est */
 
 	while (done->n < RUN_BATCH) {
 		struct turn used = {0};
-		uint64_t turn_start = since(mark, start) + est;
+		uint64_t turn_start = 0;
 		struct tenant *t;
-		uint32_t n;
+		uint32_t n, bytes;
 		bool lent;
 
 		t = s->ops->pick(s, &lent);
 		if (!t)
 			break;
-		if (!acct)
-			window_open(w, t, lent);
 		/* the turn: slices for as long as the policy lets it go on */
 		while (done->n < RUN_BATCH &&
 		       (n = s->ops->take(s, t, lent, &used, MIN(t->slice_pkts, RUN_BATCH - done->n)))) {
 			const uint64_t bound = t->handler.bound_cycles;
-			const uint32_t bytes_before = w->bytes;
 
 			if (acct && (w->t != t || w->lent != lent || !bound)) {
 				/* intervention point: the previous tenant's window */
@@ -206,11 +215,13 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 					mark = now;
 					est = 0;
 				}
-				window_open(w, t, lent);
+				*w = (struct window){.t = t, .lent = lent};
 			}
-			run_slice(t, n, done, w);
-			used.pkts += n;
-			used.bytes += w->bytes - bytes_before;
+			if (!used.pkts)
+				turn_start = since(mark, start) + est;
+			bytes = run_slice(t, n, done, w);
+			if (!lent)
+				charge(dp, t, 0, n, bytes);
 			if (acct && bound) {
 				est += n * bound;
 			} else if (acct) {
@@ -221,14 +232,16 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 				mark = now;
 				est = 0;
 			}
-			used.cycles = since(mark, start) + est - turn_start;
+			used.pkts += n;
+			used.bytes += bytes;
+			used.cycles = since(since(mark, start) + est, turn_start);
 		}
-		if (!acct)
-			window_close(dp, w, 0); /* packets and bytes still count */
 		s->ops->turn_done(s, t, lent);
 		if (acct && since(mark, start) >= dp->quantum_cycles)
 			break;
 	}
+	if (!acct)
+		*w = (struct window){0}; /* nothing is timed */
 	done->run_cycles = since(mark, start);
 	*clock = mark;
 	return done->n;
@@ -253,7 +266,7 @@ static noinline void flush_stage(struct dp *dp, struct done_batch *done, uint64_
 		case DP_XDP_ABORTED:
 			t->st.drop_verdict++;
 			t->st.completed++;
-			hist_record(t->hist, now - p->ts_intended);
+			hist_record(t->hist, since(now, p->ts_intended));
 			break;
 		case DP_XDP_PASS:
 			t->st.passed++;
@@ -273,7 +286,7 @@ static noinline void flush_stage(struct dp *dp, struct done_batch *done, uint64_
 		if (likely(i < sent)) {
 			t->st.tx++;
 			t->st.completed++;
-			hist_record(t->hist, now - tx[i]->ts_intended);
+			hist_record(t->hist, since(now, tx[i]->ts_intended));
 		} else {
 			t->st.drops[DP_DROP_TX_FULL]++;
 			drops[n_drop++] = tx[i];

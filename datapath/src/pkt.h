@@ -9,11 +9,14 @@
 
 #include <stdint.h>
 
+#include "isolane_dp.h"
+
 #define FRAME_SIZE 2048u
 #define PKT_META_SIZE 64u
 #define PKT_HEADROOM 256u
 #define PKT_DATA_OFF (PKT_META_SIZE + PKT_HEADROOM)
 #define PKT_MAX_LEN (FRAME_SIZE - PKT_DATA_OFF)
+_Static_assert(PKT_MAX_LEN == DP_MAX_FRAME_LEN, "the public frame limit matches the layout");
 
 struct pkt {
 	uint64_t ts_intended; /* TSC at which the sender meant to send it */

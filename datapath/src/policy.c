@@ -135,8 +135,9 @@ static void bucket_charge(struct sched *s, struct tenant *t, uint64_t cycles, ui
 }
 
 /* The turn goes on while it is under its quantum and the tenant is funded
- * (on lent time: while no funded tenant waits). A slice may overdraw the
- * budget; the overrun is debt, repaid later. */
+ * (on lent time: while no funded tenant waits, which the loop learns only
+ * at its next RX stage). A slice may overdraw the budget; the overrun is
+ * debt, repaid later. */
 static uint32_t bucket_take(struct sched *s, struct tenant *t, bool lent, const struct turn *used,
 			    uint32_t max)
 {
@@ -182,7 +183,7 @@ static void bucket_refill(struct sched *s, uint64_t now)
 	for (uint32_t i = 0; i < s->n_ids; i++) {
 		struct tenant *t = s->tenants[s->ids[i]];
 
-		budget_refill(&t->bucket, t->cache.balance, dt);
+		t->st.forfeited += budget_refill(&t->bucket, t->cache.balance, dt);
 	}
 	/* broke tenants that are funded again rejoin the round-robin */
 	n = s->broke.tail - s->broke.head;

@@ -9,10 +9,12 @@
  *
  * Each budget policy is fair queuing and a rate limit in one currency:
  * tenants take turns round-robin, a turn lasts one quantum of the currency
- * (cycles: quantum_cycles of time; pkt_rate: one packet; byte_rate: one
- * MTU of bytes, as in deficit round-robin), and a tenant whose bucket of
- * that currency is empty waits. So the experiments compare currencies and
- * nothing else; fifo, the baseline, serves packets in arrival order.
+ * (cycles: quantum_cycles of time; pkt_rate: one packet; byte_rate: until
+ * one MTU of bytes is reached, so up to a packet more, with no deficit
+ * carried to the next turn), and a tenant whose bucket of that currency is
+ * empty waits. So the experiments compare currencies and nothing else;
+ * fifo, the baseline, serves packets in arrival order. A turn on lent time
+ * (work-conserving mode) lasts one quantum too.
  *
  * The policy never reads the clock itself (the loop passes `now`), so the
  * same code runs under the virtual clock of dp_sched_simulate(). */
@@ -85,7 +87,7 @@ struct id_ring {
 	uint16_t *ids;
 };
 
-#define SCHED_ORDER_CAP 65536u /* sum of all tenants' queue capacities */
+#define SCHED_ORDER_CAP DP_QUEUE_SLOTS /* fifo: one slot per queued packet */
 
 struct sched {
 	const struct sched_ops *ops;

@@ -1,5 +1,9 @@
 /* sim.c - drives the real scheduling policies on a virtual clock, without
- * packets or threads, so tests can check their properties exactly. */
+ * packets or threads, so tests can check their properties exactly.
+ *
+ * Turns run as in loop.c's run_stage, with one difference: every slice is
+ * charged at once and exactly (its cost is known), where the loop charges
+ * cycles when a charge window closes, up to one run stage later. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,15 +19,14 @@ static bool backlogged(const uint64_t *from, const uint64_t *until, uint32_t i, 
 	return now >= from[i] && now < until[i];
 }
 
-/* keeps every backlogged tenant's queue topped up */
+/* keeps every backlogged tenant's queue topped up (to its capacity at most) */
 static void top_up(struct sched *s, struct tenant **ts, uint32_t n, const uint64_t *from,
 		   const uint64_t *until, uint64_t now)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		while (backlogged(from, until, i, now) && tq_len(&ts[i]->q) < SIM_BACKLOG) {
-			tq_push(&ts[i]->q, &sim_pkt);
+		while (backlogged(from, until, i, now) && tq_len(&ts[i]->q) < SIM_BACKLOG &&
+		       !tq_push(&ts[i]->q, &sim_pkt))
 			s->ops->enqueued(s, ts[i]);
-		}
 	}
 }
 

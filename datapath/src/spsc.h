@@ -24,6 +24,13 @@ struct spsc {
 	} cons cacheline_aligned;
 };
 
+/* empties the ring; neither side may be using it */
+static inline void spsc_reset(struct spsc *r)
+{
+	r->prod.head = r->prod.tail_cache = 0;
+	r->cons.tail = r->cons.head_cache = 0;
+}
+
 /* size must be a power of two */
 static inline int spsc_init(struct spsc *r, uint32_t size)
 {
@@ -33,9 +40,14 @@ static inline int spsc_init(struct spsc *r, uint32_t size)
 	if (!r->slots)
 		return -12; /* -ENOMEM */
 	r->mask = size - 1;
-	r->prod.head = r->prod.tail_cache = 0;
-	r->cons.tail = r->cons.head_cache = 0;
+	spsc_reset(r);
 	return 0;
+}
+
+/* free slots, as the producer sees them */
+static inline uint32_t spsc_room(struct spsc *r)
+{
+	return r->mask + 1 - (r->prod.head - __atomic_load_n(&r->cons.tail, __ATOMIC_ACQUIRE));
 }
 
 static inline void spsc_fini(struct spsc *r)

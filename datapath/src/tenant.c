@@ -9,14 +9,14 @@ int tenant_config_check(const struct dp_tenant_config *c)
 {
 	uint32_t q = c->queue_cap;
 
-	if (q < 2 || q > SCHED_ORDER_CAP || (q & (q - 1)))
+	if (q < 2 || q > DP_QUEUE_SLOTS || (q & (q - 1)))
 		return -EINVAL;
 	if (!(c->share >= 0 && c->share <= 1) || !(c->cap_us >= 0) || !(c->pkt_rate >= 0) ||
 	    !(c->pkt_burst >= 0) || !(c->byte_rate >= 0) || !(c->byte_burst >= 0))
 		return -EINVAL; /* written so that NaN fails too */
 	if (c->cap_us > 1e7 || c->pkt_burst > 1e9 || c->byte_burst > 1e12)
 		return -ERANGE;
-	if (c->handler > DP_HANDLER_SPIN || c->spin_ns > 100000000)
+	if (c->handler > DP_HANDLER_SPIN || c->spin_ns > DP_SPIN_MAX_NS)
 		return -EINVAL;
 	return 0;
 }
