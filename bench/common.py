@@ -8,6 +8,14 @@ import pathlib
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "build" / "results"
 
 
+def console():
+    """A rich console; piped output (CI, logs) gets 100 columns, not 80."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=100)
+
+
 def finite_or_none(value):
     """JSON has no infinity: a percentile that fell among lost packets is null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -31,12 +31,11 @@ import tomllib
 
 import click
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
+from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
 
 from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
 from datapath.probe import udp_frame  # noqa: E402
@@ -254,7 +253,7 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
               help="Write the victim-p99 plot (PNG).")
 def main(scenario, quick, duration, reps, policies, json_path, csv_path, plot_path):
     """Measure cross-tenant tail-latency contagion under each scheduling policy."""
-    console = Console()
+    console = make_console()
     scn = tomllib.loads(scenario.read_text())
     if policies:
         scn["policies"] = list(policies)
