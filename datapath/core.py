@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import time
 import typing
@@ -24,7 +25,7 @@ import numpy as np
 
 from ._dp import ffi, lib
 from .config import ARRIVALS, POLICIES, Flow, Rule, TenantConfig, _choice
-from .errors import ConfigError, IsolaneError, check
+from .errors import ConfigError, IsolaneError, NotFoundError, check
 from .histogram import LatencyHistogram
 
 DROP_REASONS = ("queue_full", "fault", "tx_full", "no_slowpath")
@@ -120,7 +121,7 @@ class Datapath:
     def set_tenant(self, tenant_id: int, **changes) -> TenantConfig:
         """Changes a tenant's handler or budget, also while running."""
         if tenant_id not in self.tenants:
-            raise check(-2, f"tenant {tenant_id}")  # raises NotFoundError
+            raise NotFoundError(f"tenant {tenant_id}: no such tenant", errno=errno.ENOENT)
         config = dataclasses.replace(self.tenants[tenant_id], **changes)
         config.check_budget(self.policy)
         check(lib.dp_tenant_set(self._dp, tenant_id, config.to_c()), f"updating tenant {tenant_id}")
@@ -262,9 +263,9 @@ class Datapath:
         length = ffi.new("uint32_t *", len(frame))
         tenant = ffi.new("uint32_t *")
         ret = lib.dp_process_one(self._dp, buf, length, len(buf), tenant)
-        if ret == -74:  # EBADMSG
+        if ret == -errno.EBADMSG:
             return "malformed", None, b""
-        if ret == -2:  # ENOENT
+        if ret == -errno.ENOENT:
             return "unknown", None, b""
         check(ret, "processing a packet")
         return VERDICTS[ret], tenant[0], bytes(ffi.buffer(buf, length[0]))
