@@ -107,6 +107,7 @@ class Datapath:
         self.tenants: dict[int, TenantConfig] = {}
         self.rules: list[Rule] = []
         self.flows: list[Flow] = []
+        self._programs: dict[int, object] = {}  # installed eBPF programs, kept alive
 
     # ---- configuration ----
 
@@ -127,6 +128,17 @@ class Datapath:
         check(lib.dp_tenant_set(self._dp, tenant_id, config.to_c()), f"updating tenant {tenant_id}")
         self.tenants[tenant_id] = config
         return config
+
+    def set_program(self, tenant_id: int, program, bound_ns: int = 0) -> None:
+        """Runs `program` (a datapath.ebpf_engine.Program) as the tenant's
+        handler, also while the loop runs. bound_ns: its static worst case per
+        packet (0: unknown, timed after every packet). The Datapath keeps the
+        program alive while it is installed."""
+        if tenant_id not in self.tenants:
+            raise NotFoundError(f"tenant {tenant_id}: no such tenant", errno=errno.ENOENT)
+        check(lib.dp_tenant_set_prog(self._dp, tenant_id, program._prog, bound_ns),
+              f"installing a program for tenant {tenant_id}")
+        self._programs[tenant_id] = program  # the old one is unused now
 
     def set_rules(self, rules: list[Rule]) -> None:
         """Replaces the classifier atomically, also while running."""
@@ -272,7 +284,7 @@ class Datapath:
 
 
 VERDICTS = {lib.DP_XDP_ABORTED: "aborted", lib.DP_XDP_DROP: "drop", lib.DP_XDP_PASS: "pass",
-            lib.DP_XDP_TX: "tx", lib.DP_XDP_REDIRECT: "redirect"}
+            lib.DP_XDP_TX: "tx", lib.DP_XDP_REDIRECT: "redirect", 0xFF: "fault"}
 
 __all__ = ["Datapath", "TenantStats", "GlobalStats", "Flow", "Rule", "TenantConfig",
            "IsolaneError", "DROP_REASONS", "VERDICTS"]

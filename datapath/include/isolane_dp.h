@@ -49,6 +49,7 @@ enum dp_handler_kind {
 	DP_HANDLER_DROP = 0,  /* drops every packet (a tenant with no program) */
 	DP_HANDLER_ECHO = 1,  /* swaps L2/L3/L4 addresses and transmits */
 	DP_HANDLER_SPIN = 2,  /* burns the packet's or the tenant's cost, then echoes */
+	DP_HANDLER_EBPF = 3,  /* the tenant's eBPF program (dp_tenant_set_prog) */
 };
 
 enum dp_verdict {
@@ -206,6 +207,10 @@ int dp_reset_stats(dp_t *dp);
 int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap,
 		   uint32_t *tenant_out);
 
+/* a native handler run `repeat` times on one packet, in place: total
+ * TSC cycles, or -errno (the programmability-tax reference) */
+int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat);
+
 /* time */
 double dp_tsc_hz(void);
 uint64_t dp_rdtsc(void);
@@ -238,5 +243,128 @@ int dp_sched_simulate(uint32_t policy, uint32_t work_conserving,
 		      const uint64_t *backlog_from, const uint64_t *backlog_until,
 		      uint64_t horizon, struct dp_sim_event *trace,
 		      uint32_t trace_cap);
+
+/* ---- eBPF engine ---- */
+/* Tenant XDP programs run in userspace (datapath/src/ebpf_vm.c, maps.c):
+ * the kernel's instruction set, helpers and map semantics, every memory
+ * access bounds-checked at run time. */
+#define DP_BPF_STACK 512            /* bytes per frame */
+#define DP_BPF_MAX_CALL_DEPTH 8
+#define DP_BPF_MAX_INSNS 65536
+#define DP_BPF_MAX_MAPS 64
+
+enum dp_map_type { /* the kernel's ids */
+	DP_MAP_HASH = 1,
+	DP_MAP_ARRAY = 2,
+	DP_MAP_DEVMAP = 14,
+	DP_MAP_XSKMAP = 17,
+	DP_MAP_RINGBUF = 27,
+};
+
+typedef struct dp_map dp_map_t;
+typedef struct dp_prog dp_prog_t;
+
+struct dp_map_def {
+	uint32_t type;        /* enum dp_map_type */
+	uint32_t key_size;
+	uint32_t value_size;
+	uint32_t max_entries; /* RINGBUF: ring bytes, a power of two >= 16 */
+};
+
+/* The context a program gets: struct xdp_md with 64-bit pointers. The
+ * toolchain rewrites the program's 32-bit xdp_md loads to this layout:
+ * data (xdp_md off 0) -> 0 as a 64-bit load, data_end (4) -> 8,
+ * data_meta (8) -> 16, ingress_ifindex (12) -> 24, rx_queue_index (16) ->
+ * 28, egress_ifindex (20) -> 32 (32-bit loads). Read-only, whole fields. */
+struct dp_xdp_ctx {
+	uint64_t data;
+	uint64_t data_end;
+	uint64_t data_meta;
+	uint32_t ingress_ifindex;
+	uint32_t rx_queue_index;
+	uint32_t egress_ifindex;
+	uint32_t _pad;
+};
+
+struct dp_prog_result {
+	uint64_t r0;
+	uint64_t insns;      /* instructions executed */
+	int32_t fault;       /* 0, or -EFAULT (out-of-bounds/forbidden access),
+				-E2BIG (instruction budget spent), -EINVAL (bad
+				call at run time), -ENOSPC (call depth) */
+	uint32_t fault_pc;   /* instruction index of the fault */
+	uint32_t data_off;   /* XDP mode: packet start within the buffer after the run */
+	uint32_t len;        /* XDP mode: packet length after the run */
+	uint32_t redirect;   /* bpf_redirect_map: the target (the map slot's value) */
+	uint32_t _pad;
+};
+
+/* maps: -EINVAL on bad sizes/types */
+int dp_map_create(const struct dp_map_def *def, dp_map_t **out);
+void dp_map_free(dp_map_t *m);
+int dp_map_lookup(dp_map_t *m, const void *key, void *value_out); /* 0 / -ENOENT */
+/* flags BPF_ANY 0 / BPF_NOEXIST 1 / BPF_EXIST 2 -> 0, -EEXIST, -ENOENT,
+ * -E2BIG (full, or index out of range), -EINVAL */
+int dp_map_update(dp_map_t *m, const void *key, const void *value, uint64_t flags);
+int dp_map_delete(dp_map_t *m, const void *key); /* 0 / -ENOENT; ARRAY: -EINVAL */
+int dp_map_next_key(dp_map_t *m, const void *key, void *next_out); /* key NULL: first; -ENOENT at the end */
+/* one message: its length, 0 when empty, -ENOSPC if cap is too small */
+int dp_ringbuf_read(dp_map_t *m, void *buf, uint32_t cap);
+
+/* insns: 8-byte little-endian instructions, relocated: LD_IMM64 with
+ * src_reg 1 (BPF_PSEUDO_MAP_FD) has imm = index into maps[]; src_reg 2
+ * (BPF_PSEUDO_MAP_VALUE) has imm = map index and the second half's imm =
+ * offset into an ARRAY map's value area. insn_budget: instructions a run
+ * may execute, 0 = 1<<20. On error writes a message naming the
+ * instruction ("invalid jump target at insn 17") into err. The maps must
+ * outlive the program. */
+int dp_prog_load(const uint64_t *insns, uint32_t n, dp_map_t *const *maps, uint32_t n_maps,
+		 uint64_t insn_budget, char *err, uint32_t err_len, dp_prog_t **out);
+void dp_prog_free(dp_prog_t *p);
+/* XDP mode: the packet is buf[headroom .. headroom+len) of a buf_len-byte
+ * buffer; bpf_xdp_adjust_head/tail may move its start and end within the
+ * buffer. Returns the verdict (XDP_ABORTED after a fault or for an unknown
+ * action) or -EINVAL. */
+int dp_prog_run_xdp(dp_prog_t *p, uint8_t *buf, uint32_t buf_len, uint32_t headroom,
+		    uint32_t len, uint32_t ingress_ifindex, uint32_t rx_queue,
+		    struct dp_prog_result *res);
+/* raw mode, as uBPF-style tests expect: r1 = mem, r2 = len; mem is
+ * readable and writable. Returns 0, or the fault. */
+int dp_prog_run_raw(dp_prog_t *p, uint8_t *mem, uint32_t len, struct dp_prog_result *res);
+/* timing: runs XDP mode `repeat` times in place on one copy of pkt (256 B
+ * head- and tailroom; start and length reset every run, as the kernel's
+ * BPF_PROG_TEST_RUN does); returns the total TSC cycles or -errno */
+int64_t dp_prog_bench_xdp(dp_prog_t *p, const uint8_t *pkt, uint32_t len, uint64_t repeat,
+			  struct dp_prog_result *last);
+
+/* fuzzing (datapath/src/ebpf_fuzz.c): generates n_programs random
+ * programs from seed (a mix of raw random words and structured programs
+ * that use the context, packet, stack and maps), loads each and runs the
+ * ones that load on random packets, checking guard bytes around every
+ * buffer. Fills out; returns 0 or -errno. */
+struct dp_fuzz_stats {
+	uint64_t programs;
+	uint64_t loaded;
+	uint64_t runs;
+	uint64_t insns;          /* executed, all runs */
+	uint64_t ok;             /* runs that ended with EXIT */
+	uint64_t fault_efault;
+	uint64_t fault_e2big;
+	uint64_t fault_einval;
+	uint64_t fault_enospc;
+	uint64_t guard_violations; /* bytes outside the allowed regions changed: must be 0 */
+	uint64_t bad_results;    /* inconsistent results (len/off out of the buffer): must be 0 */
+};
+int dp_fuzz_batch(uint64_t seed, uint32_t n_programs, uint32_t max_insns,
+		  struct dp_fuzz_stats *out);
+
+/* ---- eBPF handlers in the fast path ---- */
+
+/* Makes prog the tenant's handler, run by the interpreter (also while the
+ * loop runs: the swap happens between two packets, never halfway).
+ * bound_ns is the program's static worst case per packet (0: unknown; it
+ * is then timed after every packet). The previous program, if any, is no
+ * longer used when this returns: its owner may free it. */
+int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns);
 
 #endif /* ISOLANE_DP_H */

@@ -122,6 +122,22 @@ int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg)
 	return err;
 }
 
+int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns)
+{
+	struct dp_cmd cmd = {.op = CMD_SET_PROG, .prog = prog, .bound_ns = bound_ns};
+	int err = 0;
+
+	if (!prog)
+		return -EINVAL;
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (id >= DP_MAX_TENANTS || !dp->tenants[id])
+		err = -ENOENT;
+	else
+		cmd.tenant = dp->tenants[id], submit(dp, &cmd);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
 int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)
 {
 	struct dp_cmd cmd = {.op = CMD_RULES_SET};

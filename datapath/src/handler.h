@@ -11,14 +11,22 @@
 
 #include "pkt.h"
 
+struct dp_prog;
+
 struct handler {
 	uint32_t (*run)(const struct handler *h, struct pkt *p);
 	uint32_t kind;         /* enum dp_handler_kind */
 	uint64_t bound_cycles; /* static worst case per packet; 0: none known */
 	uint64_t spin_cycles;  /* spin: default cost when the packet has no probe */
+	const struct dp_prog *prog; /* eBPF: the program */
 };
 
+/* a verdict no XDP program returns: the handler faulted (counted as such) */
+#define VERDICT_FAULT 0xff
+
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns);
+/* an eBPF handler running prog under the interpreter */
+void handler_init_ebpf(struct handler *h, const struct dp_prog *prog, uint32_t bound_ns);
 
 /* packets of this handler one slice may run: what fits in quantum_cycles
  * by its static bound, one when it has none */

@@ -11,8 +11,10 @@
  * is whatever the packet says (at most DP_SPIN_MAX_NS), so it has no bound
  * and is timed after every packet. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "ebpf_vm.h"
 #include "handler.h"
 #include "isolane_dp.h"
 #include "tsc.h"
@@ -106,6 +108,24 @@ static uint32_t run_spin(const struct handler *h, struct pkt *p)
 	return echo_back(p, &v);
 }
 
+/* a tenant's eBPF program: a fault drops the packet, counted as a fault */
+static uint32_t run_ebpf(const struct handler *h, struct pkt *p)
+{
+	struct dp_prog_result res;
+	uint32_t verdict = ebpf_run_pkt(h->prog, p, &res);
+
+	return unlikely(res.fault) ? VERDICT_FAULT : verdict;
+}
+
+void handler_init_ebpf(struct handler *h, const struct dp_prog *prog, uint32_t bound_ns)
+{
+	h->kind = DP_HANDLER_EBPF;
+	h->run = run_ebpf;
+	h->prog = prog;
+	h->bound_cycles = ns_to_cycles(bound_ns);
+	h->spin_cycles = 0;
+}
+
 static const struct {
 	uint32_t (*run)(const struct handler *, struct pkt *);
 	uint32_t bound_ns;
@@ -117,11 +137,45 @@ static const struct {
 
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns)
 {
-	if (kind >= ARRAY_SIZE(natives))
+	if (kind >= ARRAY_SIZE(natives) || !natives[kind].run)
 		return -EINVAL;
 	h->kind = kind;
 	h->run = natives[kind].run;
 	h->bound_cycles = ns_to_cycles(natives[kind].bound_ns);
 	h->spin_cycles = ns_to_cycles(spin_ns);
+	h->prog = NULL;
 	return 0;
+}
+
+/* Times a native handler on one packet, run `repeat` times in place (as
+ * BPF_PROG_TEST_RUN does): the reference for the programmability tax. */
+int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat)
+{
+	struct handler h;
+	struct pkt *p;
+	uint64_t t0, t1;
+	int err;
+
+	if (len > PKT_MAX_LEN || !repeat)
+		return -EINVAL;
+	err = handler_init(&h, kind, 0);
+	if (err)
+		return err;
+	p = aligned_alloc(64, FRAME_SIZE);
+	if (!p)
+		return -ENOMEM;
+	memset(p, 0, sizeof(*p));
+	p->off = PKT_DATA_OFF;
+	p->len = len;
+	memcpy(pkt_data(p), pkt, len);
+	t0 = rdtsc();
+	for (uint64_t i = 0; i < repeat; i++) {
+		p->off = PKT_DATA_OFF;
+		p->len = len;
+		p->verdict = (uint8_t)h.run(&h, p);
+		__asm__ volatile("" : : "r"(p) : "memory"); /* keep every run */
+	}
+	t1 = rdtsc();
+	free(p);
+	return (int64_t)(t1 - t0);
 }

@@ -37,6 +37,7 @@ enum dp_cmd_op {
 	CMD_TENANT_SET,
 	CMD_RULES_SET,
 	CMD_RESET_STATS,
+	CMD_SET_PROG,
 };
 
 struct dp_cmd {
@@ -45,6 +46,8 @@ struct dp_cmd {
 	struct tenant *tenant;       /* ADD: fully built, SET: new config in cfg */
 	struct dp_tenant_config cfg;
 	struct classifier *cls;      /* RULES_SET: the new one in, the old one out */
+	const struct dp_prog *prog;  /* SET_PROG */
+	uint32_t bound_ns;
 	uint32_t done;               /* set by the loop (release) */
 };
 

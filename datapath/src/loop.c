@@ -326,9 +326,16 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 	case CMD_TENANT_SET:
 		t = dp->tenants[cmd->tenant->id];
 		t->cfg = cmd->cfg;
-		handler_init(&t->handler, cmd->cfg.handler, cmd->cfg.spin_ns);
+		/* the config names a native handler; an installed program stays */
+		if (t->handler.kind != DP_HANDLER_EBPF)
+			handler_init(&t->handler, cmd->cfg.handler, cmd->cfg.spin_ns);
 		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		sched_tenant_budget(&dp->sched, t, false);
+		break;
+	case CMD_SET_PROG:
+		t = dp->tenants[cmd->tenant->id];
+		handler_init_ebpf(&t->handler, cmd->prog, cmd->bound_ns);
+		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		break;
 	case CMD_RULES_SET:
 		old = dp->cls;

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""The programmability tax: what running a tenant's handler as eBPF costs.
+
+For every tenant program in tenants/, ns per packet on one representative
+packet (its first fixture), side by side in one run:
+  native  the hand-written C twin, where one exists (udp_echo: echo)
+  interp  isolane's eBPF interpreter
+  kernel  the kernel's JIT under BPF_PROG_TEST_RUN with repeat (the anchor)
+Each figure is the median of --rounds interleaved measurements (the machine
+is shared and noisy). ns per executed instruction is given for the
+interpreter, and the tax interp / native - 1 where there is a twin.
+"""
+from __future__ import annotations
+
+import pathlib
+import statistics
+import sys
+
+import click
+from rich import box
+from rich.table import Table
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import RESULTS, console as make_console, write_json  # noqa: E402
+
+from datapath._dp import lib  # noqa: E402
+
+TENANTS = pathlib.Path(__file__).resolve().parent.parent / "tenants"
+NATIVE_TWINS = {"udp_echo": lib.DP_HANDLER_ECHO}
+
+
+def native_ns(kind: int, pkt: bytes, repeat: int) -> float:
+    cycles = lib.dp_handler_bench(kind, pkt, len(pkt), repeat)
+    if cycles < 0:
+        raise RuntimeError(f"dp_handler_bench: {cycles}")
+    return cycles / repeat / lib.dp_tsc_hz() * 1e9
+
+
+def measure(tenant_dir: pathlib.Path, repeat: int, rounds: int) -> dict:
+    from ebpf import build
+    from ebpf.engines import load_interp
+    from ebpf.fixtures import load_table
+    from ebpf.kernel import test_run
+
+    program = build(tenant_dir)
+    table = load_table(tenant_dir)
+    pkt = table.FIXTURES[0].frame  # each table starts with its main case
+    loaded = load_interp(program)
+    if getattr(table, "setup", None):
+        table.setup(loaded.maps)
+        table.setup(program.kernel_maps)
+    vm = loaded.vm
+    executed = vm.run_xdp(pkt).insns
+    samples = {"native_ns": [], "interp_ns": [], "kernel_ns": []}
+    twin = NATIVE_TWINS.get(tenant_dir.name)
+    for _ in range(rounds):
+        if twin is not None:
+            samples["native_ns"].append(native_ns(twin, pkt, repeat))
+        samples["interp_ns"].append(vm.bench_xdp(pkt, repeat))
+        samples["kernel_ns"].append(test_run(program.kernel_fd, pkt, repeat=repeat).duration_ns)
+    out = {"name": tenant_dir.name, "insns": program.n_insns, "executed_insns": executed}
+    for key, values in samples.items():
+        out[key] = statistics.median(values) if values else None
+    out["interp_ns_per_insn"] = out["interp_ns"] / executed if executed else None
+    out["tax_interp"] = out["interp_ns"] / out["native_ns"] - 1 if out["native_ns"] else None
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--tenant", "names", multiple=True, help="Only these tenants (folder names).")
+@click.option("--repeat", type=int, default=1_000_000, show_default=True,
+              help="Runs per measurement.")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Interleaved measurements per engine (median reported).")
+@click.option("--quick", is_flag=True, help="100,000 runs, one round.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              default=RESULTS / "progtax.json", show_default=True, help="Write results as JSON.")
+def main(names, repeat, rounds, quick, json_path):
+    """ns per packet of each tenant program: native C, interpreter, kernel JIT."""
+    if quick:
+        repeat, rounds = 100_000, 1
+    console = make_console()
+    dirs = sorted(d for d in TENANTS.iterdir() if (d / "handler.c").exists())
+    if names:
+        dirs = [d for d in dirs if d.name in names]
+    programs = []
+    with console.status("measuring") as status:
+        for d in dirs:
+            status.update(f"measuring {d.name}")
+            programs.append(measure(d, repeat, rounds))
+    table = Table(title="Programmability tax: ns per packet (median)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("program", "insns", "run", "native", "interp", "kernel", "interp/insn",
+                "tax"):
+        table.add_column(col, justify="left" if col == "program" else "right", no_wrap=True)
+    for p in programs:
+        def f(v, fmt="{:.1f}"):
+            return "-" if v is None else fmt.format(v)
+        table.add_row(p["name"], str(p["insns"]), str(p["executed_insns"]), f(p["native_ns"]),
+                      f(p["interp_ns"]), f(p["kernel_ns"]), f(p["interp_ns_per_insn"], "{:.2f}"),
+                      f(p["tax_interp"], "{:+.0%}"))
+    console.print(table)
+    console.print("insns: program size; run: instructions the interpreter executed on the "
+                  "packet; tax: interp / native - 1")
+    write_json(json_path, {"repeat": repeat, "rounds": rounds, "programs": programs})
+    console.print(f"wrote {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""isolane's control plane: the `isolane` CLI (and, later, the isolaned daemon)."""
