@@ -46,12 +46,15 @@ def prog():
 
 
 @prog.command()
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.argument("source", type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("--function", help="The handler function (default: the only XDP function).")
 @click.option("--loop-budget", type=int, help="Back edges a run may take (programs with loops).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(source, function, loop_budget, as_json):
     """Compile SOURCE, verify it in the kernel and print its bounds.
+
+    SOURCE is a tenant's .c file, or its folder (handler.c and tenant.toml,
+    which names the function and any loop budget).
 
     Exit status 0 when accepted, 3 when rejected (the verifier's log says
     why), 2 on a usage error.
@@ -131,8 +134,7 @@ def _run_raw(raw: pathlib.Path, mem: bytes, engine: str) -> dict:
 
 
 @prog.command()
-@click.argument("source", required=False,
-                type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.argument("source", required=False, type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("--packet", help="The input frame as hex (Ethernet header first).")
 @click.option("--pcap", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
               help="Run every frame of a pcap file.")
@@ -147,7 +149,11 @@ def _run_raw(raw: pathlib.Path, mem: bytes, engine: str) -> dict:
 @click.option("--loop-budget", type=int, help="Back edges a run may take.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def run(source, packet, pcap, raw, mem, engine, repeat, function, loop_budget, as_json):
-    """Run a tenant program on packets, or raw bytecode on memory."""
+    """Run a tenant program on packets, or raw bytecode on memory.
+
+    SOURCE is a tenant's .c file or folder. The interpreter reports the
+    instructions it executed; --repeat N times N runs (ns per run).
+    """
     if repeat < 1:
         raise click.BadParameter("--repeat must be >= 1")
     try:

@@ -136,7 +136,7 @@ class Datapath:
         program alive while it is installed."""
         if tenant_id not in self.tenants:
             raise NotFoundError(f"tenant {tenant_id}: no such tenant", errno=errno.ENOENT)
-        check(lib.dp_tenant_set_prog(self._dp, tenant_id, program._prog, bound_ns),
+        check(lib.dp_tenant_set_prog(self._dp, tenant_id, program.handle, bound_ns),
               f"installing a program for tenant {tenant_id}")
         self._programs[tenant_id] = program  # the old one is unused now
 

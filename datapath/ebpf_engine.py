@@ -181,7 +181,13 @@ class Program:
                          res.fault_pc)
 
     def bench_xdp(self, packet: bytes, repeat: int) -> float:
-        """Mean ns per run (a fresh copy of the packet each time)."""
-        cycles = check(lib.dp_prog_bench_xdp(self._p, packet, len(packet), repeat, ffi.NULL),
+        """Mean ns per run, run in place as BPF_PROG_TEST_RUN does (start and
+        length reset every run; what the program wrote stays)."""
+        return self.bench_xdp_detail(packet, repeat)[0]
+
+    def bench_xdp_detail(self, packet: bytes, repeat: int) -> tuple[float, int]:
+        """(mean ns per run, instructions the last run executed)."""
+        last = ffi.new("struct dp_prog_result *")
+        cycles = check(lib.dp_prog_bench_xdp(self._p, packet, len(packet), repeat, last),
                        "bench_xdp")
-        return cycles * 1e9 / lib.dp_tsc_hz() / repeat
+        return cycles * 1e9 / lib.dp_tsc_hz() / repeat, last.insns

@@ -43,7 +43,8 @@ def build(path: str | Path, name: str | None = None, loop_budget: int | None = N
 
     `name` is the handler function (default: `function` from tenant.toml, else
     the only function taking `struct xdp_md *`); `loop_budget` overrides
-    tenant.toml's. Raises CompileError, VerifierError, RelocationError,
+    tenant.toml's; `cost` defaults to the interpreter's costs measured on
+    this machine (ebpf.calibrate). Raises CompileError, VerifierError, RelocationError,
     ValidationError or BoundError (all ToolchainError < IsolaneError).
     """
     src, config = load_config(path)
@@ -62,6 +63,10 @@ def build(path: str | Path, name: str | None = None, loop_budget: int | None = N
     kernel_insns = relocate_maps(raw, fd_index)
     insns = rewrite_ctx(kernel_insns)
     validate(insns, len(specs))
+    if cost is None:
+        from .calibrate import calibrated
+
+        cost = calibrated()
     b = bound(insns, loop_budget, cost)
 
     fds = [0] * len(specs)
