@@ -146,6 +146,7 @@ bench: setup build
 	@mkdir -p $(RESULTS)
 	$(PY) bench/contagion.py --json $(RESULTS)/contagion.json
 	$(PY) bench/throughput.py --json $(RESULTS)/throughput.json
+	$(PY) bench/progtax.py --json $(RESULTS)/progtax.json
 
 # ---------------------------------------------------------------- clean
 

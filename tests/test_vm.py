@@ -23,7 +23,9 @@ Every case runs under isolane's interpreter ("interp") and, unless it says
 verifier must accept it, then BPF_PROG_TEST_RUN as XDP). `-- error` and
 `-- fault` are isolane's own loader and runtime checks and are never run in
 the kernel; neither are `-- budget` and `-- insns`, which the kernel path
-ignores. In the kernel r0 is the low 32 bits (the XDP verdict), memory shorter
+ignores. The kernel returns r0's low 32 bits (the XDP verdict), so each case
+runs there twice, the second time with the main frame's exits turned into
+jumps to `r0 >>= 32; exit`, and the halves are joined. Memory shorter
 than the 14 bytes the kernel's test run needs is padded with zeros (and
 `-- mem_after` with it; a program that reads r2, the length, before writing it
 must then say `-- no-kernel`), and r1 comes with the memory's exact length
@@ -227,31 +229,36 @@ def maps_of(case: dict[str, str]) -> list[Map]:
 def run(engine: str, prog: bytes, mem: bytes, maps: list[Map], budget: int = 0):
     """Loads and runs prog in raw mode under `engine`; returns a RawResult
     (raises ProgramError when isolane refuses the program, VerifierError when
-    the kernel's verifier does). In the kernel, r0 is 32 bits and `insns`
-    is unknown (-1); maps and budgets are isolane's only."""
+    the kernel's verifier does). In the kernel `insns` is unknown (-1); maps
+    and budgets are isolane's only."""
     if engine == "interp":
         return Program(prog, maps, insn_budget=budget).run_raw(mem)
     if engine == "kernel":
         if maps or budget:
             raise NotImplementedError("the kernel engine runs no maps and no budget")
-        r0, mem_after = run_kernel(prog, mem)
-        return RawResult(r0, mem_after, -1, 0, 0)
+        low, mem_after = run_kernel(prog, mem)
+        high, _ = run_kernel(prog, mem, high_half=True)
+        return RawResult(high << 32 | low, mem_after, -1, 0, 0)
     raise NotImplementedError(engine)
 
 
 KERNEL_MIN_MEM = 14  # BPF_PROG_TEST_RUN wants an Ethernet header
 _BAIL = 0x7eadbeef   # r0 when the memory is shorter than proved (never, by construction)
+_EPILOGUE = 9        # the prologue's `rsh r0, 32; exit`
 
 
-def kernel_prologue(n: int) -> bytes:
+def kernel_prologue(n: int, epilogue: bool = False) -> bytes:
     """r1 = packet data, r2 = its length (the raw convention), with
     `data + n <= data_end` proved to the verifier first, so r1 carries a
     packet range of n bytes. ebpf.kernel.run_raw's prologue has no such check
     and cannot have one after the fact: r2 is a plain scalar then, and
     `if r2 < 8 goto fail` tells the verifier nothing about r1. Uses r0-r2
     only, as run_raw's does, so no register is initialised that the program
-    would otherwise read uninitialised."""
-    return assemble(f"""
+    would otherwise read uninitialised. With `epilogue`, ends with one that
+    the program's main-frame exits jump back to when r0's high half is asked
+    for (the kernel returns 32 bits; without a jump to it, the verifier would
+    refuse it as unreachable)."""
+    code = assemble(f"""
         ldxw r2, [r1+4]         # data_end
         ldxw r1, [r1+0]         # data
         add r1, {n}
@@ -260,18 +267,51 @@ def kernel_prologue(n: int) -> bytes:
         exit
         add r1, {-n}
         sub r2, r1              # r2 = data_end - data
-    """)
+    """ + ("""
+        ja +2
+        rsh r0, 32              # _EPILOGUE
+        exit
+    """ if epilogue else ""))
+    assert not epilogue or struct.unpack_from("<Q", code, _EPILOGUE * 8)[0] == insn(0x77, imm=32)
+    return code
 
 
-def run_kernel(prog: bytes, mem: bytes) -> tuple[int, bytes]:
-    """`prog` in the kernel on `mem` (>= 14 bytes) -> (r0 low 32 bits, mem after)."""
-    import os
+def _exits_to_epilogue(prog: bytes, base: int) -> bytes:
+    """prog (to be loaded at slot `base`) with every exit of the main frame
+    (before the first `call local` target) turned into a jump, of the same
+    size, to the epilogue: r0 >> 32 comes back instead of r0."""
+    words = [w for (w,) in struct.iter_unpack("<Q", prog)]
+    main_end, skip = len(words), False
+    for pc, w in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        skip = w & 0xff == 0x18
+        if w & 0xff == 0x85 and w >> 12 & 0xf == 1:
+            imm = (w >> 32) - (1 << 32) * (w >> 63)
+            main_end = min(main_end, pc + 1 + imm)
+    skip = False
+    for pc in range(main_end):
+        if skip:
+            skip = False
+            continue
+        skip = words[pc] & 0xff == 0x18
+        if words[pc] & 0xff == 0x95:
+            words[pc] = insn(0x05, off=_EPILOGUE - (base + pc) - 1)
+    return struct.pack(f"<{len(words)}Q", *words)
 
+
+def run_kernel(prog: bytes, mem: bytes, high_half: bool = False) -> tuple[int, bytes]:
+    """`prog` in the kernel on `mem` (>= 14 bytes) -> (r0's low 32 bits, or
+    its high 32 with `high_half`; the memory after the run)."""
     from ebpf.kernel import load_raw_xdp, test_run
 
     if len(mem) < KERNEL_MIN_MEM:
         raise ValueError(f"the kernel needs {KERNEL_MIN_MEM} bytes of memory, not {len(mem)}")
-    fd, _ = load_raw_xdp(kernel_prologue(len(mem)) + prog, name="isolane_vm")
+    pro = kernel_prologue(len(mem), epilogue=high_half)
+    if high_half:
+        prog = _exits_to_epilogue(prog, len(pro) // 8)
+    fd, _ = load_raw_xdp(pro + prog, name="isolane_vm")
     try:
         out = test_run(fd, mem)
     finally:
@@ -329,18 +369,21 @@ def kernel_exclusion(case: dict[str, str]) -> str | None:
     if "fault" in case:
         return "isolane's runtime faults (-- fault)"
     if "maps" in case:
-        return "it has maps"
+        return "the kernel engine has no maps (ebpf.kernel creates none)"
     return None
 
 
 def _params():
+    """One parameter per file and engine: interp always (unit), kernel unless
+    the file is excluded (integration: it needs root), so none is skipped."""
     out = []
     for path in CASES:
-        out.append(pytest.param("interp", path, id=f"{path.stem}[interp]", marks=pytest.mark.unit))
-        case = parse_data(path)
-        if kernel_exclusion(case) is None:
-            out.append(pytest.param("kernel", path, id=f"{path.stem}[kernel]",
-                                    marks=[pytest.mark.integration, *KERNEL_XFAIL.get(path.stem, [])]))
+        for engine in ENGINES:
+            if engine == "kernel" and kernel_exclusion(parse_data(path)) is not None:
+                continue
+            marks = [pytest.mark.unit] if engine == "interp" else \
+                [pytest.mark.integration, *KERNEL_XFAIL.get(path.stem, [])]
+            out.append(pytest.param(engine, path, id=f"{path.stem}[{engine}]", marks=marks))
     return out
 
 
@@ -393,10 +436,7 @@ def test_vm_data(engine, path):
     else:
         assert res.fault == 0, res
     if "result" in case:
-        want = int(case["result"], 0) & (2**64 - 1)
-        if engine == "kernel":
-            want &= 0xffffffff
-        assert res.r0 == want, hex(res.r0)
+        assert res.r0 == int(case["result"], 0) & (2**64 - 1), hex(res.r0)
     if mem_after is not None:
         assert res.mem_after.hex() == mem_after.hex()
     if "insns" in case and engine != "kernel":

@@ -39,6 +39,7 @@ int dp_create(const struct dp_config *cfg, dp_t **out)
 		return -ENOMEM;
 	dp->cfg = *cfg;
 	dp->quantum_cycles = ns_to_cycles(cfg->quantum_ns);
+	dp->stall_cycles = ns_to_cycles(STALL_NS);
 	err = sched_init(&dp->sched, cfg->policy, cfg->work_conserving, dp->quantum_cycles,
 			 ns_to_cycles(cfg->refill_us * 1000.0), dp->tenants, rdtsc());
 	if (err) {
@@ -122,13 +123,11 @@ int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg)
 	return err;
 }
 
-int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns)
+int dp_set_handler(struct dp *dp, uint32_t id, const struct handler *h)
 {
-	struct dp_cmd cmd = {.op = CMD_SET_PROG, .prog = prog, .bound_ns = bound_ns};
+	struct dp_cmd cmd = {.op = CMD_SET_HANDLER, .handler = *h};
 	int err = 0;
 
-	if (!prog)
-		return -EINVAL;
 	pthread_mutex_lock(&dp->ctl_lock);
 	if (id >= DP_MAX_TENANTS || !dp->tenants[id])
 		err = -ENOENT;
@@ -136,6 +135,16 @@ int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns
 		cmd.tenant = dp->tenants[id], submit(dp, &cmd);
 	pthread_mutex_unlock(&dp->ctl_lock);
 	return err;
+}
+
+int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns)
+{
+	struct handler h;
+
+	if (!prog)
+		return -EINVAL;
+	handler_init_ebpf(&h, prog, bound_ns);
+	return dp_set_handler(dp, id, &h);
 }
 
 int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)

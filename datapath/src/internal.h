@@ -16,6 +16,7 @@
 
 #define RX_BATCH_MAX 64u
 #define RUN_BATCH 32u /* packets per dequeue phase at most */
+#define STALL_NS 20000 /* time beyond the work it did that makes a stall */
 
 struct tenant {
 	uint32_t id;
@@ -37,7 +38,7 @@ enum dp_cmd_op {
 	CMD_TENANT_SET,
 	CMD_RULES_SET,
 	CMD_RESET_STATS,
-	CMD_SET_PROG,
+	CMD_SET_HANDLER,
 };
 
 struct dp_cmd {
@@ -46,14 +47,14 @@ struct dp_cmd {
 	struct tenant *tenant;       /* ADD: fully built, SET: new config in cfg */
 	struct dp_tenant_config cfg;
 	struct classifier *cls;      /* RULES_SET: the new one in, the old one out */
-	const struct dp_prog *prog;  /* SET_PROG */
-	uint32_t bound_ns;
+	struct handler handler;      /* SET_HANDLER: the tenant's new handler */
 	uint32_t done;               /* set by the loop (release) */
 };
 
 struct dp {
 	struct dp_config cfg;
 	uint64_t quantum_cycles;
+	uint64_t stall_cycles;      /* longer than its work by this: a stall */
 	uint64_t tx_cycles_per_pkt; /* last flush's cost per packet (accounting) */
 	uint64_t rx_cycles_per_pkt; /* running estimate of RX cost per packet */
 	uint64_t rx_bursts;
@@ -75,6 +76,10 @@ struct dp {
 void *dp_loop(void *arg);
 void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd);
 int dp_handle_one(struct dp *dp, struct pkt *p, uint32_t *tenant);
+
+/* dp.c: installs a handler built by the caller (an engine's program) as
+ * tenant id's; when it returns the old one is no longer in use */
+int dp_set_handler(struct dp *dp, uint32_t id, const struct handler *h);
 
 /* tenant.c */
 struct tenant *tenant_new(uint32_t id, const struct dp_tenant_config *cfg, int *err);

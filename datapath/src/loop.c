@@ -28,7 +28,6 @@
 #include "internal.h"
 #include "tsc.h"
 
-#define STALL_NS 20000 /* an iteration this much longer than its handlers */
 #define RX_SAMPLE 16   /* RX bursts per timed RX burst */
 
 struct done_batch {
@@ -142,12 +141,22 @@ struct window {
 	bool lent;
 	uint32_t pkts;
 	uint64_t rx_cycles;
+	uint64_t bound;   /* its packets' static bounds: the most they can take */
 };
 
+/* A window of bounded handlers that took far longer than their bounds
+ * allow had the core taken away (host, kernel): that time is a stall, not
+ * the tenant's work, so the tenant pays its bound and the stall is counted.
+ * (An unbounded handler's time cannot be told from a stall: it pays all.) */
 static always_inline void window_close(struct dp *dp, struct window *w, uint64_t cycles)
 {
 	if (!w->t)
 		return;
+	if (unlikely(w->bound && cycles > w->bound + dp->stall_cycles)) {
+		dp->gst.stalls++;
+		dp->gst.stall_cycles += cycles - w->bound;
+		cycles = w->bound;
+	}
 	cycles += w->rx_cycles + w->pkts * dp->tx_cycles_per_pkt;
 	if (unlikely(w->lent))
 		w->t->st.lent_cycles += cycles;
@@ -224,6 +233,7 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 				charge(dp, t, 0, n, bytes);
 			if (acct && bound) {
 				est += n * bound;
+				w->bound += n * bound;
 			} else if (acct) {
 				/* intervention point: an unbounded handler, timed now */
 				uint64_t now = rdtsc();
@@ -327,14 +337,14 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 		t = dp->tenants[cmd->tenant->id];
 		t->cfg = cmd->cfg;
 		/* the config names a native handler; an installed program stays */
-		if (t->handler.kind != DP_HANDLER_EBPF)
+		if (t->handler.kind < DP_HANDLER_EBPF)
 			handler_init(&t->handler, cmd->cfg.handler, cmd->cfg.spin_ns);
 		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		sched_tenant_budget(&dp->sched, t, false);
 		break;
-	case CMD_SET_PROG:
+	case CMD_SET_HANDLER:
 		t = dp->tenants[cmd->tenant->id];
-		handler_init_ebpf(&t->handler, cmd->prog, cmd->bound_ns);
+		t->handler = cmd->handler;
 		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		break;
 	case CMD_RULES_SET:
@@ -368,7 +378,7 @@ void *dp_loop(void *arg)
 	struct dp *dp = arg;
 	struct done_batch done;
 	struct window w = {0};
-	const uint64_t stall_cycles = ns_to_cycles(STALL_NS);
+	const uint64_t stall_cycles = dp->stall_cycles;
 	const bool acct = dp->cfg.accounting;
 	uint64_t prev = rdtsc(), now = prev, flush_start = 0;
 	uint32_t work = 0;
@@ -383,6 +393,7 @@ void *dp_loop(void *arg)
 
 			/* intervention point: the last window of the run stage */
 			window_close(dp, &w, since(flush_start, now));
+			done.run_cycles += since(flush_start, now);
 			flush_stage(dp, &done, flush_start);
 			work = 1;
 		}
