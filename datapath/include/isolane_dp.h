@@ -50,6 +50,7 @@ enum dp_handler_kind {
 	DP_HANDLER_ECHO = 1,  /* swaps L2/L3/L4 addresses and transmits */
 	DP_HANDLER_SPIN = 2,  /* burns the packet's or the tenant's cost, then echoes */
 	DP_HANDLER_EBPF = 3,  /* the tenant's eBPF program (dp_tenant_set_prog) */
+	DP_HANDLER_AOT = 4,   /* the tenant's program compiled with the datapath */
 };
 
 enum dp_verdict {
@@ -366,5 +367,42 @@ int dp_fuzz_batch(uint64_t seed, uint32_t n_programs, uint32_t max_insns,
  * is then timed after every packet). The previous program, if any, is no
  * longer used when this returns: its owner may free it. */
 int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns);
+
+/* ---- jointly compiled (aot) handlers ---- */
+
+/* What a compiled handler calls back into the datapath for: helpers that
+ * touch isolane's maps (kernel ids and signatures), and the maps. */
+struct dp_aot_env {
+	void *(*map_lookup)(dp_map_t *m, const void *key);
+	int64_t (*map_update)(dp_map_t *m, const void *key, const void *value, uint64_t flags);
+	int64_t (*map_delete)(dp_map_t *m, const void *key);
+	int64_t (*ringbuf_output)(dp_map_t *m, const void *data, uint64_t size, uint64_t flags);
+	int64_t (*redirect_map)(dp_map_t *m, uint64_t key, uint64_t flags, uint32_t *target);
+	uint64_t (*csum_diff)(const uint8_t *from, uint32_t from_size, const uint8_t *to,
+			      uint32_t to_size, uint32_t seed);
+	uint64_t (*ktime_get_ns)(void);
+	dp_map_t *maps[64];
+	uint32_t n_maps;
+	uint32_t _pad;
+};
+
+/* The lowest a compiled handler may move the packet's start to with
+ * bpf_xdp_adjust_head: below are the fast path's 64 bytes of metadata. */
+#define DP_AOT_HEADROOM_FLOOR 64
+
+/* A compiled handler (ebpf/aot.py) runs on a frame in place: the packet is
+ * frame[*off .. *off + *len); it may move *off down to the floor and the end
+ * up to frame_len; it returns the XDP verdict, or 255 on a fault. */
+typedef uint32_t (*dp_aot_fn)(uint8_t *frame, uint32_t frame_len, uint32_t *off, uint32_t *len,
+			      const struct dp_aot_env *env, uint32_t *redirect);
+
+int dp_aot_env_init(struct dp_aot_env *env, dp_map_t *const *maps, uint32_t n_maps);
+/* makes fn the tenant's handler (as dp_tenant_set_prog); env must outlive it */
+int dp_tenant_set_aot(dp_t *dp, uint32_t id, dp_aot_fn fn, const struct dp_aot_env *env,
+		      uint32_t bound_ns);
+/* fn run `repeat` times in place on one packet (as dp_handler_bench):
+ * total TSC cycles or -errno; *verdict gets the last run's verdict */
+int64_t dp_aot_bench(dp_aot_fn fn, const struct dp_aot_env *env, const uint8_t *pkt,
+		     uint32_t len, uint64_t repeat, uint32_t *verdict);
 
 #endif /* ISOLANE_DP_H */

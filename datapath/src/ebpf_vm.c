@@ -593,10 +593,33 @@ static uint32_t csum_add32(uint32_t a, uint32_t b)
 	return r + (r < b);
 }
 
+/* bpf_redirect_map on isolane's devmap/xskmap: XDP_REDIRECT and the slot's
+ * target, or the flags' low bits when the slot is empty (the kernel's) */
+int64_t ebpf_redirect_map(struct dp_map *map, uint64_t key64, uint64_t flags, uint32_t *target)
+{
+	uint64_t mask = 3; /* lower bits: the verdict on a miss */
+	uint32_t key = (uint32_t)key64;
+	void *v;
+
+	if (map->type != DP_MAP_DEVMAP && map->type != DP_MAP_XSKMAP)
+		return XDP_ABORTED;
+	if (map->type == DP_MAP_DEVMAP)
+		mask |= BPF_F_EXCLUDE_INGRESS; /* meaningless without broadcast */
+	if (flags & ~mask) /* BPF_F_BROADCAST is not supported here */
+		return XDP_ABORTED;
+	v = map_lookup(map, &key);
+	if (!v) {
+		*target = 0;
+		return flags & 3;
+	}
+	memcpy(target, v, 4);
+	return XDP_REDIRECT;
+}
+
 /* bpf_csum_diff as in Linux 6.13+ (net/core/filter.c): the 32-bit
  * one's-complement sum of `to` less that of `from`, seeded, folded to 16
  * bits (csum_from32to16, not complemented) */
-static uint64_t helper_csum_diff(const uint8_t *from, uint32_t from_size, const uint8_t *to,
+uint64_t ebpf_csum_diff(const uint8_t *from, uint32_t from_size, const uint8_t *to,
 				 uint32_t to_size, uint32_t seed)
 {
 	uint32_t ret = seed;
@@ -657,7 +680,7 @@ static noinline uint64_t call_helper(struct vm_run *s, int32_t id, const uint64_
 		if ((from_size && !mem_ok(s, r[1], from_size, ACC_HELPER)) ||
 		    (to_size && !mem_ok(s, r[3], to_size, ACC_HELPER)))
 			goto bad_mem;
-		return helper_csum_diff((const uint8_t *)(uintptr_t)r[1], from_size,
+		return ebpf_csum_diff((const uint8_t *)(uintptr_t)r[1], from_size,
 					(const uint8_t *)(uintptr_t)r[3], to_size, (uint32_t)r[5]);
 	}
 	case BPF_FUNC_xdp_adjust_head: {
@@ -686,28 +709,11 @@ static noinline uint64_t call_helper(struct vm_run *s, int32_t id, const uint64_
 		m->ctx.data_end = end;
 		return 0;
 	}
-	case BPF_FUNC_redirect_map: {
-		uint64_t flags = r[3], mask = 3 /* lower bits: the verdict on a miss */;
-		uint32_t key = (uint32_t)r[2];
-		void *v;
-
+	case BPF_FUNC_redirect_map:
 		map = map_arg(s, r[1]);
 		if (!map)
 			goto bad_call;
-		if (map->type != DP_MAP_DEVMAP && map->type != DP_MAP_XSKMAP)
-			return XDP_ABORTED;
-		if (map->type == DP_MAP_DEVMAP)
-			mask |= BPF_F_EXCLUDE_INGRESS; /* meaningless without broadcast */
-		if (flags & ~mask) /* BPF_F_BROADCAST is not supported here */
-			return XDP_ABORTED;
-		v = map_lookup(map, &key);
-		if (!v) {
-			s->redirect = 0;
-			return flags & 3;
-		}
-		memcpy(&s->redirect, v, 4);
-		return XDP_REDIRECT;
-	}
+		return (uint64_t)ebpf_redirect_map(map, r[2], r[3], &s->redirect);
 	case BPF_FUNC_ringbuf_output:
 		map = map_arg(s, r[1]);
 		if (!map)

@@ -77,4 +77,9 @@ uint64_t ebpf_exec(const struct dp_prog *p, struct ebpf_mem *m, struct dp_prog_r
  * verdict: XDP_ABORTED on a fault or an action the kernel does not know. */
 uint32_t ebpf_run_pkt(const struct dp_prog *prog, struct pkt *p, struct dp_prog_result *res);
 
+/* helpers shared with the jointly compiled engine (aot.c) */
+int64_t ebpf_redirect_map(struct dp_map *map, uint64_t key, uint64_t flags, uint32_t *target);
+uint64_t ebpf_csum_diff(const uint8_t *from, uint32_t from_size, const uint8_t *to,
+			uint32_t to_size, uint32_t seed);
+
 #endif

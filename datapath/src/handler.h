@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "isolane_dp.h"
 #include "pkt.h"
 
 struct dp_prog;
@@ -19,12 +20,17 @@ struct handler {
 	uint64_t bound_cycles; /* static worst case per packet; 0: none known */
 	uint64_t spin_cycles;  /* spin: default cost when the packet has no probe */
 	const struct dp_prog *prog; /* eBPF: the program */
+	dp_aot_fn aot;              /* aot: the compiled handler and its env */
+	const struct dp_aot_env *aot_env;
 };
 
 /* a verdict no XDP program returns: the handler faulted (counted as such) */
 #define VERDICT_FAULT 0xff
 
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns);
+/* h run `repeat` times in place on one packet: total cycles or -errno */
+int64_t handler_bench(const struct handler *h, const uint8_t *pkt, uint32_t len,
+		      uint64_t repeat, uint32_t *verdict);
 /* an eBPF handler running prog under the interpreter */
 void handler_init_ebpf(struct handler *h, const struct dp_prog *prog, uint32_t bound_ns);
 

@@ -147,20 +147,16 @@ int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns)
 	return 0;
 }
 
-/* Times a native handler on one packet, run `repeat` times in place (as
- * BPF_PROG_TEST_RUN does): the reference for the programmability tax. */
-int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat)
+/* Times a handler on one packet, run `repeat` times in place (as
+ * BPF_PROG_TEST_RUN does): the programmability tax compares these. */
+int64_t handler_bench(const struct handler *h, const uint8_t *pkt, uint32_t len, uint64_t repeat,
+		      uint32_t *verdict)
 {
-	struct handler h;
 	struct pkt *p;
 	uint64_t t0, t1;
-	int err;
 
 	if (len > PKT_MAX_LEN || !repeat)
 		return -EINVAL;
-	err = handler_init(&h, kind, 0);
-	if (err)
-		return err;
 	p = aligned_alloc(64, FRAME_SIZE);
 	if (!p)
 		return -ENOMEM;
@@ -172,10 +168,20 @@ int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64
 	for (uint64_t i = 0; i < repeat; i++) {
 		p->off = PKT_DATA_OFF;
 		p->len = len;
-		p->verdict = (uint8_t)h.run(&h, p);
+		p->verdict = (uint8_t)h->run(h, p);
 		__asm__ volatile("" : : "r"(p) : "memory"); /* keep every run */
 	}
 	t1 = rdtsc();
+	if (verdict)
+		*verdict = p->verdict;
 	free(p);
 	return (int64_t)(t1 - t0);
+}
+
+int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat)
+{
+	struct handler h;
+	int err = handler_init(&h, kind, 0);
+
+	return err ? err : handler_bench(&h, pkt, len, repeat, NULL);
 }
