@@ -57,6 +57,7 @@ class CostModel:
     ld_imm64: float = 1.0
     exit: float = 1.0
     call: float = 50.0
+    entry: float = 0.0  # once per run: the engine's setup and return
     helpers: dict[int, float] = field(default_factory=_default_helper_cycles)
 
     @classmethod
@@ -189,7 +190,7 @@ def bound(insns: bytes | list[Insn], loop_budget: int | None = None,
     if budget < 0:
         raise BoundError("loop_budget must be >= 0")
     n_bound = cfg.bound(lambda ins: 1, budget)
-    c_bound = cfg.bound(cost.cycles, budget)
+    c_bound = cfg.bound(cost.cycles, budget) + cost.entry
     longest = cfg.longest_to(lambda ins: 1, False)[0]
     if n_bound == _NEG:
         raise BoundError("no path from insn 0 reaches an exit")
