@@ -41,6 +41,7 @@ from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
 from datapath.probe import udp_frame  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
+TENANTS = HERE.parent / "tenants"
 PERCENTILES = (("p50_us", 50), ("p99_us", 99), ("p999_us", 99.9))
 
 
@@ -55,9 +56,6 @@ class Side:
     def tenant(self) -> int:
         return self.spec["tenant"]
 
-    def frame(self) -> bytes:
-        return udp_frame(self.spec["ip_dst"], self.spec["dport"], cost_ns=self.spec["cost_ns"])
-
     def tenant_config(self, policy: str, scn: dict, victim_rate: float) -> TenantConfig:
         pkt = scn["pkt_rate"]
         return TenantConfig(
@@ -68,13 +66,54 @@ class Side:
     def rule(self) -> Rule:
         return Rule(self.tenant, ip_dst=self.spec["ip_dst"], proto="udp", dport=self.spec["dport"])
 
-    def flow(self, rate_pps: float) -> Flow:
-        return Flow(self.frame(), rate_pps=rate_pps, arrival=self.spec["arrival"],
+    def flow(self, frame: bytes, rate_pps: float) -> Flow:
+        return Flow(frame, rate_pps=rate_pps, arrival=self.spec["arrival"],
                     on_us=self.spec.get("on_us", 0.0), off_us=self.spec.get("off_us", 0.0))
 
 
-def aggressor_rate(scn: dict, load: float) -> float:
-    return load / (scn["aggressor"]["cost_ns"] * 1e-9)
+class NativeHandlers:
+    """The native `spin` handler: each packet's probe header says its cost."""
+
+    name = "native"
+
+    def frame(self, side: Side) -> bytes:
+        return udp_frame(side.spec["ip_dst"], side.spec["dport"], cost_ns=side.spec["cost_ns"])
+
+    def cost_ns(self, side: Side) -> float:
+        return side.spec["cost_ns"]
+
+    def install(self, dp: Datapath, side: Side) -> None:
+        pass  # the handler is in the tenant's config
+
+
+class ProgramHandlers:
+    """Each side's tenant program (scenario key `program`, a folder of
+    tenants/) under an eBPF engine; its cost is what the engine measures
+    on the side's frame (`size` bytes)."""
+
+    def __init__(self, engine: str, scn: dict):
+        from ebpf import build
+        from ebpf import engines
+
+        self.name = engine
+        self._load = engines.load_interp if engine == "interp" else engines.load_aot
+        self.programs = {who: build(TENANTS / scn[who]["program"])
+                         for who in ("victim", "aggressor")}
+        self._cost = {}
+        for who, prog in self.programs.items():
+            side = Side(who, scn[who])
+            self._cost[who] = self._load(prog).vm.bench_xdp(self.frame(side), 20_000)
+
+    def frame(self, side: Side) -> bytes:
+        return udp_frame(side.spec["ip_dst"], side.spec["dport"], size=side.spec["size"])
+
+    def cost_ns(self, side: Side) -> float:
+        return self._cost[side.name]
+
+    def install(self, dp: Datapath, side: Side) -> None:
+        prog = self.programs[side.name]
+        dp.set_program(side.tenant, self._load(prog).vm, bound_ns=int(prog.bound_cycles
+                                                                      / dp.tsc_hz * 1e9))
 
 
 def tenant_result(dp: Datapath, tenant: int, flow: int) -> dict:
@@ -87,7 +126,8 @@ def tenant_result(dp: Datapath, tenant: int, flow: int) -> dict:
     return out
 
 
-def run_once(scn: dict, policy: str, load: float | None, duration: float, tick) -> dict:
+def run_once(scn: dict, handlers, policy: str, load: float | None, duration: float,
+             tick) -> dict:
     """One run: the victim, plus the aggressor at `load` (None: alone)."""
     victim, aggressor = Side("victim", scn["victim"]), Side("aggressor", scn["aggressor"])
     sides = [victim] if load is None else [victim, aggressor]
@@ -95,9 +135,13 @@ def run_once(scn: dict, policy: str, load: float | None, duration: float, tick) 
     try:
         for side in sides:
             dp.add_tenant(side.tenant, side.tenant_config(policy, scn, victim.spec["rate_pps"]))
+            handlers.install(dp, side)
         dp.set_rules([side.rule() for side in sides])
-        rates = [victim.spec["rate_pps"]] + ([aggressor_rate(scn, load)] if load else [])
-        dp.use_mem_backend([s.flow(r) for s, r in zip(sides, rates)], duration_s=duration)
+        rates = [victim.spec["rate_pps"]]
+        if load:
+            rates.append(load / (handlers.cost_ns(aggressor) * 1e-9))
+        dp.use_mem_backend([s.flow(handlers.frame(s), r) for s, r in zip(sides, rates)],
+                           duration_s=duration)
         with dp.running():
             dp.wait_generator(progress=tick)
             dp.drain(timeout_s=0.5)
@@ -223,8 +267,8 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("aggressor offered load (multiples of one core)")
     ax.set_ylabel("victim p99 latency (us)")
-    ax.set_title(f"Tail contagion: victim {scn['victim']['cost_ns']} ns/pkt, "
-                 f"aggressor {scn['aggressor']['cost_ns']} ns/pkt")
+    ax.set_title(f"Tail contagion ({scn['engine']}): victim {scn['victim']['cost_ns']:g} ns/pkt, "
+                 f"aggressor {scn['aggressor']['cost_ns']:g} ns/pkt")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -239,6 +283,10 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
               help="Scenario TOML file.")
 @click.option("--quick", is_flag=True, help="Short runs and two sweep points (under 60 s).")
 @click.option("--duration", type=float, help="Generator seconds per run (overrides the scenario).")
+@click.option("--engine", type=click.Choice(["native", "interp", "aot"]), default="native",
+              show_default=True,
+              help="native: the spin handler (cost in each packet); interp/aot: the scenario's "
+                   "tenant programs (udp_echo, hasher) under that eBPF engine.")
 @click.option("--reps", type=int, default=3, show_default=True,
               help="Repetitions of every configuration (figures are medians).")
 @click.option("--policy", "policies", multiple=True,
@@ -251,12 +299,20 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               default=RESULTS / "contagion.png", show_default=True,
               help="Write the victim-p99 plot (PNG).")
-def main(scenario, quick, duration, reps, policies, json_path, csv_path, plot_path):
+def main(scenario, quick, duration, engine, reps, policies, json_path, csv_path, plot_path):
     """Measure cross-tenant tail-latency contagion under each scheduling policy."""
     console = make_console()
     scn = tomllib.loads(scenario.read_text())
     if policies:
         scn["policies"] = list(policies)
+    handlers = NativeHandlers() if engine == "native" else ProgramHandlers(engine, scn)
+    scn["engine"] = engine
+    for who in ("victim", "aggressor"):  # what a packet costs, as this engine runs it
+        scn[who]["cost_ns"] = round(handlers.cost_ns(Side(who, scn[who])), 1)
+    if engine != "native":
+        console.print(f"{engine}: victim {scn['victim']['program']} "
+                      f"{scn['victim']['cost_ns']:.0f} ns/pkt, aggressor "
+                      f"{scn['aggressor']['program']} {scn['aggressor']['cost_ns']:.0f} ns/pkt")
     duration = duration or scn["quick_duration_s" if quick else "duration_s"]
     configs = plan(scn, quick)
     rng = random.Random(1)
@@ -274,7 +330,7 @@ def main(scenario, quick, duration, reps, policies, json_path, csv_path, plot_pa
             done_before = i * duration
             t0 = time.monotonic()
             samples.setdefault((policy, load), []).append(run_once(
-                scn, policy, load, duration, lambda: progress.update(
+                scn, handlers, policy, load, duration, lambda: progress.update(
                     task, completed=done_before + min(duration, time.monotonic() - t0),
                     refresh=True)))
             progress.update(task, completed=(i + 1) * duration)

@@ -81,7 +81,7 @@ class Datapath:
     """One run-to-completion fast path and its tenants."""
 
     def __init__(self, policy: str = "fifo", *, work_conserving: bool = False,
-                 accounting: bool = True, refill_us: int = 10, quantum_us: float = 2.0,
+                 accounting: bool = True, refill_us: int = 10, quantum_us: float = 10.0,
                  rx_batch: int = 32, core: int | None = None):
         cfg = ffi.new("struct dp_config *")
         cfg.policy = _choice(POLICIES, policy, "policy")

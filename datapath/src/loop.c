@@ -184,13 +184,11 @@ static always_inline uint32_t run_slice(struct tenant *t, uint32_t n, struct don
 }
 
 /*
- * Runs turns until RUN_BATCH packets are done or a quantum has passed by
- * the clock (a stage of bounded handlers only is short by construction:
- * RUN_BATCH times their bound at most). Elapsed time is the last reading
- * plus, for bounded handlers run since, their static bound: an upper
- * estimate, so a turn ends early rather than late. *clock is the last
- * reading on entry and on exit; a window still open on exit is closed by
- * the loop's next reading.
+ * Runs turns until RUN_BATCH packets are done or a quantum has passed.
+ * Elapsed time is the last reading plus, for bounded handlers run since,
+ * their static bound: an upper estimate, so a turn or the stage ends early
+ * rather than late. *clock is the last reading on entry and on exit; a
+ * window still open on exit is closed by the loop's next reading.
  */
 static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint64_t *clock,
 				   struct window *w)
@@ -247,7 +245,10 @@ static noinline uint32_t run_stage(struct dp *dp, struct done_batch *done, uint6
 			used.cycles = since(since(mark, start) + est, turn_start);
 		}
 		s->ops->turn_done(s, t, lent);
-		if (acct && since(mark, start) >= dp->quantum_cycles)
+		/* poll RX again after a quantum, counting unread bounded work at
+		 * its bound: an expensive bounded handler must not run turn after
+		 * turn while packets of other tenants wait in the RX ring */
+		if (acct && since(mark, start) + est >= dp->quantum_cycles)
 			break;
 	}
 	if (!acct)
