@@ -47,3 +47,45 @@ class InterpEngine:
 
     def maps(self, program: TenantProgram) -> dict:
         return self.load(program).maps
+
+
+# ---------------------------------------------------------------- aot
+
+@dataclass
+class LoadedAot:
+    aot: "AotProgram"
+    maps: dict[str, Map]
+
+
+def load_aot(program: TenantProgram) -> LoadedAot:
+    """Userspace maps (as load_interp) and the program jointly compiled with
+    the datapath's glue (ebpf.aot): checked=False, the kernel verifier's
+    proof reused; its back edges and calls are budgeted by the program's
+    static bound, so it cannot hold the core."""
+    from .aot import AotProgram, compile_aot
+
+    maps = {m.name: Map(m.type, m.key_size, m.value_size, m.max_entries) for m in program.maps}
+    module = compile_aot(program.insns, mode="xdp", checked=False, budget=program.bound_insns)
+    return LoadedAot(AotProgram(module, [maps[m.name] for m in program.maps]), maps)
+
+
+class AotEngine:
+    """The aot engine, one compiled copy (and one set of maps) per program.
+    A fault (never expected of a verified program) reports XDP_ABORTED."""
+
+    name = "aot"
+
+    def __init__(self):
+        self._loaded: dict[int, LoadedAot] = {}
+
+    def load(self, program: TenantProgram) -> LoadedAot:
+        if id(program) not in self._loaded:
+            self._loaded[id(program)] = load_aot(program)
+        return self._loaded[id(program)]
+
+    def run(self, program: TenantProgram, frame: bytes) -> tuple[int, bytes]:
+        verdict, packet = self.load(program).aot.run_xdp(frame)
+        return (0 if verdict == 255 else verdict), packet
+
+    def maps(self, program: TenantProgram) -> dict:
+        return self.load(program).maps

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ebpf import build, kernel, load_raw_xdp, validate
-from ebpf.engines import InterpEngine
+from ebpf.engines import AotEngine, InterpEngine
 from ebpf.fixtures import KernelEngine, load_table, run_fixture, run_table
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,8 @@ class RawKernelEngine(KernelEngine):
             os.close(fd)
 
 
-ENGINES = {"kernel": KernelEngine, "kernel-raw": RawKernelEngine, "interp": InterpEngine}
+ENGINES = {"kernel": KernelEngine, "kernel-raw": RawKernelEngine, "interp": InterpEngine,
+           "aot": AotEngine}
 
 
 @pytest.fixture(scope="module")

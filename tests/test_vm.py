@@ -61,7 +61,7 @@ from datapath.ebpf_engine import Map, Program, ProgramError, RawResult
 # tiers per test: the kernel engine needs root (integration), the rest is unit
 
 DATA = pathlib.Path(__file__).parent / "vm"
-ENGINES = ["interp", "kernel"]
+ENGINES = ["interp", "aot", "kernel"]
 
 HELPERS = {"map_lookup_elem": 1, "map_update_elem": 2, "map_delete_elem": 3,
            "ktime_get_ns": 5, "csum_diff": 28, "xdp_adjust_head": 44, "redirect_map": 51,
@@ -233,6 +233,10 @@ def run(engine: str, prog: bytes, mem: bytes, maps: list[Map], budget: int = 0):
     and budgets are isolane's only."""
     if engine == "interp":
         return Program(prog, maps, insn_budget=budget).run_raw(mem)
+    if engine == "aot":  # ebpf/aot.py, checked mode: the interpreter's loader, then C
+        from ebpf.aot import load_raw
+        r0, mem_after, fault, fault_pc, insns = load_raw(prog, maps, budget).run_raw_detail(mem)
+        return RawResult(r0, mem_after, insns, fault, fault_pc)
     if engine == "kernel":
         if maps or budget:
             raise NotImplementedError("the kernel engine runs no maps and no budget")
@@ -381,7 +385,7 @@ def _params():
         for engine in ENGINES:
             if engine == "kernel" and kernel_exclusion(parse_data(path)) is not None:
                 continue
-            marks = [pytest.mark.unit] if engine == "interp" else \
+            marks = [pytest.mark.unit] if engine in ("interp", "aot") else \
                 [pytest.mark.integration, *KERNEL_XFAIL.get(path.stem, [])]
             out.append(pytest.param(engine, path, id=f"{path.stem}[{engine}]", marks=marks))
     return out
