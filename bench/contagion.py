@@ -93,16 +93,22 @@ class ProgramHandlers:
 
     def __init__(self, engine: str, scn: dict):
         from ebpf import build
-        from ebpf import engines
 
         self.name = engine
-        self._load = engines.load_interp if engine == "interp" else engines.load_aot
         self.programs = {who: build(TENANTS / scn[who]["program"])
                          for who in ("victim", "aggressor")}
         self._cost = {}
         for who, prog in self.programs.items():
             side = Side(who, scn[who])
-            self._cost[who] = self._load(prog).vm.bench_xdp(self.frame(side), 20_000)
+            self._cost[who] = self._load(prog).bench_xdp(self.frame(side), 20_000)
+
+    def _load(self, program):
+        """A fresh copy of the program (and its maps) under the engine."""
+        from ebpf import engines
+
+        if self.name == "interp":
+            return engines.load_interp(program).vm
+        return engines.load_aot(program).aot
 
     def frame(self, side: Side) -> bytes:
         return udp_frame(side.spec["ip_dst"], side.spec["dport"], size=side.spec["size"])
@@ -112,8 +118,8 @@ class ProgramHandlers:
 
     def install(self, dp: Datapath, side: Side) -> None:
         prog = self.programs[side.name]
-        dp.set_program(side.tenant, self._load(prog).vm, bound_ns=int(prog.bound_cycles
-                                                                      / dp.tsc_hz * 1e9))
+        dp.set_program(side.tenant, self._load(prog),
+                       bound_ns=int(prog.bound_cycles / dp.tsc_hz * 1e9))
 
 
 def tenant_result(dp: Datapath, tenant: int, flow: int) -> dict:

@@ -130,14 +130,21 @@ class Datapath:
         return config
 
     def set_program(self, tenant_id: int, program, bound_ns: int = 0) -> None:
-        """Runs `program` (a datapath.ebpf_engine.Program) as the tenant's
-        handler, also while the loop runs. bound_ns: its static worst case per
-        packet (0: unknown, timed after every packet). The Datapath keeps the
-        program alive while it is installed."""
+        """Runs `program` as the tenant's handler, also while the loop runs:
+        an interpreter Program (datapath.ebpf_engine, `.handle`) or a jointly
+        compiled one (ebpf.aot, `.run_fn` or `.fn`, and `.env`). bound_ns: its
+        static worst case per packet (0: unknown, timed after every packet).
+        The Datapath keeps the program alive while it is installed."""
         if tenant_id not in self.tenants:
             raise NotFoundError(f"tenant {tenant_id}: no such tenant", errno=errno.ENOENT)
-        check(lib.dp_tenant_set_prog(self._dp, tenant_id, program.handle, bound_ns),
-              f"installing a program for tenant {tenant_id}")
+        if hasattr(program, "handle"):
+            ret = lib.dp_tenant_set_prog(self._dp, tenant_id, program.handle, bound_ns)
+        elif getattr(program, "run_fn", None) is not None:
+            ret = lib.dp_tenant_set_aot_run(self._dp, tenant_id, program.run_fn, program.env,
+                                            bound_ns)
+        else:
+            ret = lib.dp_tenant_set_aot(self._dp, tenant_id, program.fn, program.env, bound_ns)
+        check(ret, f"installing a program for tenant {tenant_id}")
         self._programs[tenant_id] = program  # the old one is unused now
 
     def set_rules(self, rules: list[Rule]) -> None:

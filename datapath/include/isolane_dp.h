@@ -397,6 +397,16 @@ typedef uint32_t (*dp_aot_fn)(uint8_t *frame, uint32_t frame_len, uint32_t *off,
 			      const struct dp_aot_env *env, uint32_t *redirect);
 
 int dp_aot_env_init(struct dp_aot_env *env, dp_map_t *const *maps, uint32_t n_maps);
+
+/* The fast path's own calling convention, for a compiled handler built
+ * against datapath/src/handler.h and pkt.h (same build, same ABI): it is
+ * installed as the handler itself, with no glue call in between.
+ * run is `uint32_t (*)(const struct handler *h, struct pkt *p)` and finds
+ * its env in h->aot_env. */
+int dp_tenant_set_aot_run(dp_t *dp, uint32_t id, void *run, const struct dp_aot_env *env,
+			  uint32_t bound_ns);
+int64_t dp_aot_run_bench(void *run, const struct dp_aot_env *env, const uint8_t *pkt,
+			 uint32_t len, uint64_t repeat, uint32_t *verdict);
 /* makes fn the tenant's handler (as dp_tenant_set_prog); env must outlive it */
 int dp_tenant_set_aot(dp_t *dp, uint32_t id, dp_aot_fn fn, const struct dp_aot_env *env,
 		      uint32_t bound_ns);

@@ -76,6 +76,27 @@ int dp_tenant_set_aot(dp_t *dp, uint32_t id, dp_aot_fn fn, const struct dp_aot_e
 	return dp_set_handler(dp, id, &h);
 }
 
+typedef uint32_t (*handler_run_fn)(const struct handler *h, struct pkt *p);
+
+int dp_tenant_set_aot_run(dp_t *dp, uint32_t id, void *run, const struct dp_aot_env *env,
+			  uint32_t bound_ns)
+{
+	struct handler h = {.kind = DP_HANDLER_AOT, .run = (handler_run_fn)run, .aot_env = env};
+
+	if (!run || !env)
+		return -EINVAL;
+	h.bound_cycles = ns_to_cycles(bound_ns);
+	return dp_set_handler(dp, id, &h);
+}
+
+int64_t dp_aot_run_bench(void *run, const struct dp_aot_env *env, const uint8_t *pkt,
+			 uint32_t len, uint64_t repeat, uint32_t *verdict)
+{
+	struct handler h = {.run = (handler_run_fn)run, .aot_env = env};
+
+	return handler_bench(&h, pkt, len, repeat, verdict);
+}
+
 int64_t dp_aot_bench(dp_aot_fn fn, const struct dp_aot_env *env, const uint8_t *pkt,
 		     uint32_t len, uint64_t repeat, uint32_t *verdict)
 {
