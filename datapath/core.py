@@ -147,6 +147,11 @@ class Datapath:
         check(ret, f"installing a program for tenant {tenant_id}")
         self._programs[tenant_id] = program  # the old one is unused now
 
+    def clear_program(self, tenant_id: int) -> None:
+        """Back to the tenant's native handler (TenantConfig.handler)."""
+        check(lib.dp_tenant_clear_prog(self._dp, tenant_id), f"tenant {tenant_id}")
+        self._programs.pop(tenant_id, None)
+
     def set_rules(self, rules: list[Rule]) -> None:
         """Replaces the classifier atomically, also while running."""
         c = ffi.new("struct dp_rule[]", max(1, len(rules)))

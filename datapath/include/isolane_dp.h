@@ -367,6 +367,9 @@ int dp_fuzz_batch(uint64_t seed, uint32_t n_programs, uint32_t max_insns,
  * is then timed after every packet). The previous program, if any, is no
  * longer used when this returns: its owner may free it. */
 int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns);
+/* back to the native handler of the tenant's config (the program is no
+ * longer used when this returns) */
+int dp_tenant_clear_prog(dp_t *dp, uint32_t id);
 
 /* ---- jointly compiled (aot) handlers ---- */
 

@@ -147,6 +147,18 @@ int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns
 	return dp_set_handler(dp, id, &h);
 }
 
+int dp_tenant_clear_prog(dp_t *dp, uint32_t id)
+{
+	struct handler h;
+	struct tenant *t = id < DP_MAX_TENANTS ? dp->tenants[id] : NULL;
+	int err;
+
+	if (!t)
+		return -ENOENT;
+	err = handler_init(&h, t->cfg.handler, t->cfg.spin_ns);
+	return err ? err : dp_set_handler(dp, id, &h);
+}
+
 int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)
 {
 	struct dp_cmd cmd = {.op = CMD_RULES_SET};
