@@ -101,6 +101,16 @@ def _run_xdp(program, engine: str, pkt: bytes, repeat: int) -> dict:
         run = test_run(program.kernel_fd, pkt, repeat=repeat)
         return {"verdict": VERDICTS.get(run.retval, str(run.retval)), "packet": run.data_out,
                 "insns": None, "ns_per_run": run.duration_ns}
+    if engine == "aot":
+        from ebpf.engines import load_aot
+
+        aot = load_aot(program).aot
+        verdict, out_pkt = aot.run_xdp(pkt)
+        out = {"verdict": "fault" if verdict == 255 else VERDICTS.get(verdict, str(verdict)),
+               "packet": out_pkt, "insns": None, "ns_per_run": None}
+        if repeat > 1:
+            out["ns_per_run"] = aot.bench_xdp(pkt, repeat)
+        return out
     from ebpf.engines import load_interp
 
     vm = load_interp(program).vm
@@ -124,6 +134,14 @@ def _run_raw(raw: pathlib.Path, mem: bytes, engine: str) -> dict:
 
         r0, mem_after = run_raw(insns, mem)
         return {"r0": r0, "mem": mem_after, "note": "the kernel reports r0's low 32 bits"}
+    if engine == "aot":
+        from ebpf.aot import load_raw
+
+        r0, mem_after, fault = load_raw(insns).run_raw(mem)
+        out = {"r0": r0, "mem": mem_after}
+        if fault:
+            out["fault"] = {"error": fault}
+        return out
     from datapath.ebpf_engine import Program
 
     res = Program(insns, []).run_raw(mem)
@@ -141,8 +159,9 @@ def _run_raw(raw: pathlib.Path, mem: bytes, engine: str) -> dict:
 @click.option("--raw", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
               help="Raw bytecode (8-byte little-endian instructions) instead of SOURCE.")
 @click.option("--mem", help="With --raw: memory as hex; r1 points at a copy, r2 is its length.")
-@click.option("--engine", type=click.Choice(["interp", "kernel"]), default="interp",
-              show_default=True, help="isolane's interpreter, or the kernel (the oracle).")
+@click.option("--engine", type=click.Choice(["interp", "aot", "kernel"]), default="interp",
+              show_default=True, help="isolane's interpreter, its compiled engine (aot), or "
+                                      "the kernel (the oracle).")
 @click.option("--repeat", type=int, default=1, show_default=True,
               help="Runs to time (ns per run is their mean).")
 @click.option("--function", help="The handler function (default: the only XDP function).")
