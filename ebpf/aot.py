@@ -7,6 +7,15 @@ glue (ebpf/aot_glue.h), into a shared object loaded at run time (Chamelio's
     aot = AotProgram(mod, maps)                # maps: datapath.ebpf_engine.Map
     verdict, packet = aot.run_xdp(frame)
     dp_tenant_set_aot(dp, id, aot.fn, aot.env, bound_ns)
+    dp_tenant_set_aot_run(dp, id, aot.run_fn, aot.env, bound_ns)   # unchecked XDP
+
+Unchecked XDP mode emits the program once (an always-inline `name_core`)
+behind two entries: `name`, a dp_aot_fn for any frame layout, and
+`name_run`, the fast path's own handler signature (datapath/src/handler.h,
+pkt.h; env in h->aot_env), installed as the handler with no glue call in
+between. There the stack becomes scalar locals when r10 is only the base of
+fixed-offset loads and stores to disjoint slots (stack_slots), and memory
+accesses are pointer + constant so the compiler sees one base per register.
 
 One C function per program: registers are `uint64_t` locals, each
 instruction one statement, labelled where something jumps to it, jumps are
@@ -56,6 +65,8 @@ STACK = 512
 MAX_DEPTH = 8
 DEFAULT_BUDGET = 1 << 20
 HEADROOM_FLOOR = 64     # DP_AOT_HEADROOM_FLOOR
+FRAME_SIZE = 2048       # datapath/src/pkt.h
+PKT_DATA_OFF = 320      # PKT_META_SIZE + PKT_HEADROOM
 FAULT_VERDICT = 255
 
 H_LOOKUP, H_UPDATE, H_DELETE, H_KTIME, H_CSUM_DIFF = 1, 2, 3, 5, 28
@@ -189,6 +200,38 @@ def ctx_registers(slots, starts) -> dict[int, frozenset] | None:
         return None
     return must
 
+def stack_slots(slots, starts) -> set[tuple[int, int]] | None:
+    """Unchecked XDP mode: the stack's (offset from r10, size) slots, when
+    r10 is only ever the base of a plain load or store at a fixed offset and
+    no two slots overlap: the stack is then a set of scalar locals (no
+    frame, no address the compiler must assume escapes). None otherwise."""
+    acc: set[tuple[int, int]] = set()
+    for pc, ins in enumerate(slots):
+        if not starts[pc] or 10 not in _reads(ins):
+            continue
+        cls = ins.cls
+        if cls == I.LDX and ins.src == 10 and ins.mode in (I.MODE_MEM, I.MODE_MEMSX):
+            pass
+        elif cls == I.ST and ins.mode == I.MODE_MEM:
+            pass
+        elif cls == I.STX and ins.mode == I.MODE_MEM and ins.dst == 10 and ins.src != 10:
+            pass
+        else:
+            return None
+        if not -STACK <= ins.off <= -ins.size:
+            return None
+        acc.add((ins.off, ins.size))
+    spans = sorted(acc)
+    for (o1, s1), (o2, _) in zip(spans, spans[1:]):
+        if o1 + s1 > o2:
+            return None
+    return acc
+
+
+def _slot(off: int, size: int) -> str:
+    return f"s{-off}_{size}"
+
+
 # ------------------------------------------------------------------ translator
 
 def _u64(v: int) -> str:
@@ -274,6 +317,8 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
     targets |= call_targets
     xdp = mode == "xdp"
     ctxmap = ctx_registers(slots, starts) if xdp and not checked else None
+    scalars = (stack_slots(slots, starts) if xdp and not checked and not call_targets
+               else None)
     out: list[str] = []
     emit = out.append
     ret_labels = 0
@@ -446,13 +491,25 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
             if ctxmap is not None and ins.src in ctxmap.get(pc, ()):
                 emit(pre + f"{d} = (uint64_t){_CTX_FIELDS[(ins.off, size)]};")
                 continue
-            code = ("{ uint64_t a = " + addr + "; " +
-                    mem_check(pc, "a", size, "AOT_ACC_READ") +
-                    f"{d} = (uint64_t)({t})AOT_LD({t}, a); }}")
+            if scalars is not None and ins.src == 10:
+                emit(pre + f"{d} = (uint64_t)({t}){_slot(ins.off, size)};")
+                continue
+            if not checked:  # base + offset as pointers: wide merges need a common base
+                code = f"{d} = (uint64_t)({t})AOT_LDP({t}, {s}, {ins.off});"
+            else:
+                code = ("{ uint64_t a = " + addr + "; " +
+                        mem_check(pc, "a", size, "AOT_ACC_READ") +
+                        f"{d} = (uint64_t)({t})AOT_LD({t}, a); }}")
         elif cls in (I.ST, I.STX):
             size = ins.size
             addr = f"{d} + {_u64(ins.off)}"
-            if ins.mode == I.MODE_MEM:
+            if ins.mode == I.MODE_MEM and scalars is not None and ins.dst == 10:
+                val = s if cls == I.STX else _u64(ins.imm)
+                code = f"{_slot(ins.off, size)} = ({_UTYPE[size]}){val};"
+            elif ins.mode == I.MODE_MEM and not checked:
+                val = s if cls == I.STX else _u64(ins.imm)
+                code = f"AOT_STP({_UTYPE[size]}, {d}, {ins.off}, {val});"
+            elif ins.mode == I.MODE_MEM:
                 val = s if cls == I.STX else _u64(ins.imm)
                 code = ("{ uint64_t a = " + addr + "; " +
                         mem_check(pc, "a", size, "AOT_ACC_WRITE") +
@@ -468,8 +525,11 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
     lins = slots[last]
     if not (lins.code == I.JMP | I.EXIT or (lins.cls in (I.JMP, I.JMP32) and lins.op == I.JA)):
         raise AotError(f"last insn {last} is not exit or jump")
+    moves_packet = any(starts[pc] and slots[pc].is_helper_call() and
+                       slots[pc].imm in (H_ADJUST_HEAD, H_ADJUST_TAIL) for pc in range(n))
     return _function(name, "\n".join(out), xdp=xdp, checked=checked, has_calls=has_calls,
-                     budget=budget, ctx_in_mem=ctxmap is None)
+                     budget=budget, ctx_in_mem=ctxmap is None, moves_packet=moves_packet,
+                     scalars=scalars)
 
 
 def _helper(hid: int, pc: int, xdp: bool, checked: bool, fault, ctx_in_mem: bool) -> str:
@@ -532,10 +592,12 @@ def _atomic(ins: I.Insn, pc: int, size: int, checked: bool, fault) -> str:
 
 
 def _function(name: str, body: str, *, xdp: bool, checked: bool, has_calls: bool,
-              budget: int, ctx_in_mem: bool = True) -> str:
+              budget: int, ctx_in_mem: bool = True, moves_packet: bool = True,
+              scalars: set[tuple[int, int]] | None = None) -> str:
     if xdp and not checked:
         return _function_fast(name, body, has_calls=has_calls, budget=budget,
-                              ctx_in_mem=ctx_in_mem)
+                              ctx_in_mem=ctx_in_mem, moves_packet=moves_packet,
+                              scalars=scalars)
     stack = STACK * (MAX_DEPTH if has_calls else 1)
     regs = "\tuint64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0, r7 = 0, r8 = 0, " \
            "r9 = 0, r10;\n"
@@ -606,15 +668,17 @@ def _function(name: str, body: str, *, xdp: bool, checked: bool, has_calls: bool
 
 
 def _function_fast(name: str, body: str, *, has_calls: bool, budget: int,
-                   ctx_in_mem: bool) -> str:
+                   ctx_in_mem: bool, moves_packet: bool = True,
+                   scalars: set[tuple[int, int]] | None = None) -> str:
     """unchecked XDP mode: the context in scalars (and in memory only when
     some use of it is not a plain field load), no run-state struct"""
     stack = STACK * (MAX_DEPTH if has_calls else 1)
-    lines = [f"uint32_t {name}(uint8_t *frame, uint32_t frame_len, uint32_t *off, "
+    lines = [f"AOT_INLINE uint32_t {name}_core(uint8_t *frame, uint32_t frame_len, uint32_t *off, "
              "uint32_t *len, const struct dp_aot_env *env, uint32_t *redirect)", "{",
              "\tuint64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0, r7 = 0, "
              "r8 = 0, r9 = 0, r10;",
-             f"\tuint8_t stack[{stack}] __attribute__((aligned(8)));",
+             (f"\tuint8_t stack[{stack}] __attribute__((aligned(8)));" if scalars is None else
+              "".join(f"\t{_UTYPE[z]} {_slot(o, z)} = 0;" for o, z in sorted(scalars))),
              "\tint32_t fault = 0; uint32_t fault_pc = 0, redir = 0;",
              f"\tuint64_t edges = {budget}u;",
              "\tuint64_t c_data = (uint64_t)(uintptr_t)(frame + *off);",
@@ -629,21 +693,36 @@ def _function_fast(name: str, body: str, *, has_calls: bool, budget: int,
         lines += ["\tstruct dp_xdp_ctx ctx = { .data = c_data, .data_end = c_end, "
                   ".data_meta = c_meta };",
                   "\tr1 = (uint64_t)(uintptr_t)&ctx;"]
-    lines += [f"\tr10 = (uint64_t)(uintptr_t)(stack + {stack});",
-              f"\tR.stack_lo = r10 - {STACK};",
-              body,
-              "out:",
-              "\t*off = (uint32_t)(c_data - (uint64_t)(uintptr_t)frame);",
-              "\t*len = (uint32_t)(c_end - c_data);",
+    if scalars is None:
+        lines += [f"\tr10 = (uint64_t)(uintptr_t)(stack + {stack});",
+                  f"\tR.stack_lo = r10 - {STACK};"]
+    lines += [body]
+    # the packet's bounds change only through adjust_head/tail: otherwise
+    # *off and *len are left alone (no store the compiler must keep)
+    wb = (["\t*off = (uint32_t)(c_data - (uint64_t)(uintptr_t)frame);",
+           "\t*len = (uint32_t)(c_end - c_data);"] if moves_packet else [])
+    lines += ["out:", *wb,
               "\t*redirect = redir;",
               "\treturn (uint32_t)r0 > AOT_XDP_REDIRECT ? 0 : (uint32_t)r0;",
               "out_fault:",
-              "\t(void)fault; (void)fault_pc;",
-              "\t*off = (uint32_t)(c_data - (uint64_t)(uintptr_t)frame);",
-              "\t*len = (uint32_t)(c_end - c_data);",
+              "\t(void)fault; (void)fault_pc;", *wb,
               "\t*redirect = redir;",
               "\treturn AOT_FAULT_VERDICT;",
-              "}", ""]
+              "}", "",
+              # the dp_aot_fn entry (any frame layout)
+              f"uint32_t {name}(uint8_t *frame, uint32_t frame_len, uint32_t *off, "
+              "uint32_t *len, const struct dp_aot_env *env, uint32_t *redirect)",
+              f"{{\n\treturn {name}_core(frame, frame_len, off, len, env, redirect);\n}}", "",
+              # the fast path's handler (handler.h, pkt.h): installed as h->run
+              f"uint32_t {name}_run(const struct handler *h, struct pkt *p)",
+              "{\n\tuint32_t redirect;\n",
+              f"\treturn {name}_core((uint8_t *)p, FRAME_SIZE, &p->off, &p->len, "
+              "h->aot_env, &redirect);\n}", "",
+              # one run of name_run on a frame laid out as the fast path's (tests)
+              f"__attribute__((__noinline__)) uint32_t {name}_run_pkt(uint8_t *frame, "
+              "const struct dp_aot_env *env)",
+              "{\n\tstruct handler h = { .aot_env = env };\n",
+              f"\treturn {name}_run(&h, (struct pkt *)frame);\n}}", ""]
     return "\n".join(lines)
 
 
@@ -669,7 +748,7 @@ def _abi_version() -> int:
 def _glue_text() -> str:
     """Everything the generated code is compiled with, besides itself."""
     parts = [GLUE.read_text(), (DP_INCLUDE / "isolane_dp.h").read_text()]
-    for h in ("maps.h", "compiler.h"):
+    for h in ("maps.h", "compiler.h", "handler.h", "pkt.h"):
         parts.append((DP_SRC / h).read_text())
     parts.append(Path(__file__).read_text())  # the translator itself
     return "\0".join(parts)
@@ -746,6 +825,9 @@ def compile_aot(insns: bytes, *, mode: str = "xdp", checked: bool = False, budge
     if mode == "xdp":
         ffi.cdef(f"uint32_t {name}(uint8_t *, uint32_t, uint32_t *, uint32_t *, void *, "
                  "uint32_t *);")
+        if not checked:
+            ffi.cdef(f"uint32_t {name}_run(void *, void *);\n"
+                     f"uint32_t {name}_run_pkt(uint8_t *, void *);")
     else:
         ffi.cdef(f"uint64_t {name}(uint8_t *, uint32_t, void *, int32_t *);\n"
                  f"uint64_t {name}_ex(uint8_t *, uint32_t, void *, int32_t *, uint32_t *, "
@@ -773,6 +855,11 @@ class AotProgram:
             raise AotError(f"dp_aot_env_init: {os.strerror(-ret)}")
         self._env_addr = int(dp_ffi.cast("uintptr_t", self.env))
         self.fn = (dp_ffi.cast("dp_aot_fn", module.address()) if module.mode == "xdp" else None)
+        # unchecked XDP: the fast path's own handler, `uint32_t run(const struct
+        # handler *h, struct pkt *p)` (env in h->aot_env), for
+        # dp_tenant_set_aot_run / dp_aot_run_bench
+        self.run_fn = (dp_ffi.cast("void *", module.address(f"{module.name}_run"))
+                       if module.mode == "xdp" and not module.checked else None)
 
     def run_xdp(self, packet: bytes, headroom: int = 256, tailroom: int = 256
                 ) -> tuple[int, bytes]:
@@ -794,6 +881,26 @@ class AotProgram:
         redirect = dp_ffi.new("uint32_t *")
         verdict = self.fn(frame, frame_len, off, ln, self.env, redirect)
         return verdict, bytes(dp_ffi.buffer(frame + off[0], ln[0])), redirect[0]
+
+    def run_pkt(self, packet: bytes) -> tuple[int, bytes]:
+        """(verdict, packet after the run) through run_fn, on a frame laid out
+        as the fast path's (datapath/src/pkt.h: 2048 bytes, 64 of metadata,
+        the packet at 320)."""
+        from datapath._dp import ffi as dp_ffi
+
+        if self.run_fn is None:
+            raise AotError("not an unchecked XDP-mode program")
+        ffi, lib = self.module._ffi, self.module._lib
+        if len(packet) > FRAME_SIZE - PKT_DATA_OFF:
+            raise AotError("packet larger than a frame")
+        frame = ffi.new("uint64_t[]", FRAME_SIZE // 8)  # 8-aligned, as the pool's frames
+        buf = ffi.cast("uint8_t *", frame)
+        off = ffi.cast("uint32_t *", buf + 8)  # struct pkt: off, len after ts_intended
+        off[0], off[1] = PKT_DATA_OFF, len(packet)
+        ffi.memmove(buf + PKT_DATA_OFF, packet, len(packet))
+        verdict = getattr(lib, f"{self.module.name}_run_pkt")(
+            buf, ffi.cast("void *", self._env_addr))
+        return verdict, bytes(ffi.buffer(buf + off[0], off[1]))
 
     def run_raw(self, mem: bytes = b"") -> tuple[int, bytes, int]:
         """(r0, mem after the run, fault: 0 or -errno)."""
@@ -824,6 +931,20 @@ class AotProgram:
         cycles = dp_lib.dp_aot_bench(self.fn, self.env, packet, len(packet), repeat, verdict)
         if cycles < 0:
             raise AotError(f"dp_aot_bench: {os.strerror(-cycles)}")
+        return cycles * 1e9 / dp_lib.dp_tsc_hz() / repeat
+
+    def bench_run(self, packet: bytes, repeat: int) -> float:
+        """Mean ns per run of run_fn installed as the handler itself
+        (dp_aot_run_bench: the harness of dp_handler_bench)."""
+        from datapath._dp import ffi as dp_ffi, lib as dp_lib
+
+        if self.run_fn is None:
+            raise AotError("not an unchecked XDP-mode program")
+        verdict = dp_ffi.new("uint32_t *")
+        cycles = dp_lib.dp_aot_run_bench(self.run_fn, self.env, packet, len(packet), repeat,
+                                         verdict)
+        if cycles < 0:
+            raise AotError(f"dp_aot_run_bench: {os.strerror(-cycles)}")
         return cycles * 1e9 / dp_lib.dp_tsc_hz() / repeat
 
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "isolane_dp.h"
+#include "handler.h" /* the fast path's handler and frame (name_run) */
 #include "maps.h"
 
 #define AOT_UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -24,6 +25,14 @@
 #define AOT_LD(T, a) ({ T _v; __builtin_memcpy(&_v, (const void *)(uintptr_t)(a), sizeof(T)); _v; })
 #define AOT_ST(T, a, v) do { T _v = (T)(v); \
 	__builtin_memcpy((void *)(uintptr_t)(a), &_v, sizeof(T)); } while (0)
+
+/* unchecked mode: base register + constant offset as pointer arithmetic, so
+ * the compiler sees accesses through one base at known distances (and can
+ * merge byte loads and stores into wide ones) */
+#define AOT_PTR(b, o) ((uint8_t *)(uintptr_t)(b) + (o))
+#define AOT_LDP(T, b, o) ({ T _v; __builtin_memcpy(&_v, AOT_PTR(b, o), sizeof(T)); _v; })
+#define AOT_STP(T, b, o, v) do { T _v = (T)(v); \
+	__builtin_memcpy(AOT_PTR(b, o), &_v, sizeof(T)); } while (0)
 
 #define AOT_ETH_HLEN 14
 #define AOT_XDP_REDIRECT 4

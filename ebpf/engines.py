@@ -71,12 +71,18 @@ def load_aot(program: TenantProgram) -> LoadedAot:
 
 class AotEngine:
     """The aot engine, one compiled copy (and one set of maps) per program.
-    A fault (never expected of a verified program) reports XDP_ABORTED."""
+    A fault (never expected of a verified program) reports XDP_ABORTED.
+    handler=True: runs through run_fn, the entry the fast path installs as
+    the tenant's handler (dp_tenant_set_aot_run), on the fast path's frame
+    layout; otherwise through the dp_aot_fn entry."""
 
     name = "aot"
 
-    def __init__(self):
+    def __init__(self, handler: bool = False):
         self._loaded: dict[int, LoadedAot] = {}
+        self.handler = handler
+        if handler:
+            self.name = "aot-handler"
 
     def load(self, program: TenantProgram) -> LoadedAot:
         if id(program) not in self._loaded:
@@ -84,7 +90,8 @@ class AotEngine:
         return self._loaded[id(program)]
 
     def run(self, program: TenantProgram, frame: bytes) -> tuple[int, bytes]:
-        verdict, packet = self.load(program).aot.run_xdp(frame)
+        aot = self.load(program).aot
+        verdict, packet = aot.run_pkt(frame) if self.handler else aot.run_xdp(frame)
         return (0 if verdict == 255 else verdict), packet
 
     def maps(self, program: TenantProgram) -> dict:

@@ -129,15 +129,23 @@ def test_adjust_matches_interpreter(cache, helper, delta, spill):
     prog = assemble(src)
     want = Program(prog, []).run_xdp(PKT)
     for checked in (False, True):
-        got = AotProgram(compile_aot(prog, mode="xdp", checked=checked,
-                                     cache_dir=cache)).run_xdp(PKT)
+        a = AotProgram(compile_aot(prog, mode="xdp", checked=checked, cache_dir=cache))
+        got = a.run_xdp(PKT)
         assert got == (want.verdict, want.packet), (checked, got, want)
+    # the fast path's handler entry, on its frame (tailroom: the rest of the frame)
+    want = Program(prog, []).run_xdp(PKT, tailroom=aot.FRAME_SIZE - aot.PKT_DATA_OFF - len(PKT))
+    assert a.run_fn is None
+    got = AotProgram(compile_aot(prog, mode="xdp", checked=False, cache_dir=cache)).run_pkt(PKT)
+    assert got == (want.verdict, want.packet), got
 
 
 @pytest.mark.unit
 def test_translate_shape():
     src = translate(assemble("mov r0, 2\nja +0\nexit"), name="f", mode="xdp")
     assert "uint32_t f(uint8_t *frame" in src and "goto L2;" in src and "L2:" in src
+    assert "uint32_t f_run(const struct handler *h, struct pkt *p)" in src
+    # no adjust_head/tail: the packet's bounds are never written back
+    assert "*off =" not in src and "*len =" not in src
     raw = translate(assemble("mov r0, r2\nexit"), name="g", mode="raw", checked=True)
     assert "uint64_t g(uint8_t *mem, uint32_t len" in raw and "g_ex(" in raw
 
@@ -159,7 +167,7 @@ def udp_echo_side_by_side(repeat_native: int = 10_000_000, repeat_aot: int = 10_
     out = {
         "native": lib.dp_handler_bench(lib.DP_HANDLER_ECHO, pkt, len(pkt), repeat_native)
         / repeat_native / hz * 1e9,
-        "aot": load_aot(prog).aot.bench_xdp(pkt, repeat_aot),
+        "aot": load_aot(prog).aot.bench_run(pkt, repeat_aot),
         "interp": load_interp(prog).vm.bench_xdp(pkt, repeat_slow),
         "kernel": kernel.test_run(prog.kernel_fd, pkt, repeat=repeat_slow).duration_ns,
     }
@@ -175,6 +183,27 @@ def test_programmability_tax_udp_echo():
     print("udp_echo ns/pkt: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "tax")
           + f"; tax aot/native-1 = {r['tax'] * 100:.0f}%")
     assert r["aot"] > 0 and r["native"] > 0  # timing is reported, not asserted
+
+
+@pytest.mark.integration
+def test_handler_entry_passes_fixtures():
+    """run_fn (the fast path's handler, as dp_tenant_set_aot_run installs
+    it) passes every tenant's fixture table, as the dp_aot_fn entry does."""
+    if os.geteuid() != 0:
+        pytest.skip("building tenants needs root")
+    from pathlib import Path
+
+    from ebpf import build
+    from ebpf.engines import AotEngine
+    from ebpf.fixtures import load_table, run_table
+    tenants = Path(__file__).resolve().parent.parent / "tenants"
+    n = 0
+    for t in sorted(p.name for p in tenants.iterdir() if (p / "handler.c").is_file()):
+        prog = build(tenants / t)
+        for res in run_table(AotEngine(handler=True), prog, load_table(tenants / t)):
+            assert res.ok, (t, res.fixture.description, res.problems)
+            n += 1
+    assert n
 
 
 @pytest.mark.integration
@@ -197,3 +226,26 @@ def test_tenant_compile_times():
                   f"{mod.compile_s * 1e3:.1f} ms + load {mod.load_s * 1e3:.1f} ms; "
                   f"hit {hit.total_s * 1e3:.1f} ms")
             assert mod.total_s < 1.0 and hit.cached
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("src, scalar", [
+    # disjoint fixed slots: scalar locals, no stack frame
+    ("stdw [r10-8], -2\nstw [r10-12], 0x1234\nldxdw r0, [r10-8]\nldxw r4, [r10-12]\n"
+     "add r0, r4\nstxdw [r2+0], r0\nmov r0, 3\nexit", True),
+    # overlapping slots: the stack stays memory
+    ("stdw [r10-8], 0x11223344\nldxw r0, [r10-8]\nldxh r4, [r10-6]\nadd r0, r4\n"
+     "stxdw [r2+0], r0\nmov r0, 3\nexit", False),
+    # r10 escapes
+    ("mov r4, r10\nstdw [r4-8], 7\nldxdw r0, [r10-8]\nstxdw [r2+0], r0\nmov r0, 3\nexit", False),
+])
+def test_stack_slots_match_interpreter(cache, src, scalar):
+    from datapath.ebpf_engine import Program
+
+    prog = assemble(PKT_PTRS + src)
+    text = translate(prog, name="f", mode="xdp", checked=False)
+    assert ("uint8_t stack[" not in text) == scalar
+    want = Program(prog, []).run_xdp(PKT)
+    a = AotProgram(compile_aot(prog, mode="xdp", checked=False, cache_dir=cache))
+    assert a.run_xdp(PKT) == (want.verdict, want.packet)
+    assert a.run_pkt(PKT) == (want.verdict, want.packet)
