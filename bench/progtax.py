@@ -32,7 +32,7 @@ from common import RESULTS, console as make_console, write_json  # noqa: E402
 from datapath._dp import lib  # noqa: E402
 
 TENANTS = pathlib.Path(__file__).resolve().parent.parent / "tenants"
-NATIVE_TWINS = {"udp_echo": lib.DP_HANDLER_ECHO}
+NATIVE_TWINS = {"udp_echo": lib.DP_HANDLER_UDP_ECHO}  # passes udp_echo's fixture table
 
 
 def native_ns(kind: int, pkt: bytes, repeat: int) -> float:

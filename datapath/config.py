@@ -18,7 +18,8 @@ POLICIES = {
     "byte_rate": lib.DP_POLICY_BYTE_RATE,
     "cycles": lib.DP_POLICY_CYCLES,
 }
-HANDLERS = {"drop": lib.DP_HANDLER_DROP, "echo": lib.DP_HANDLER_ECHO, "spin": lib.DP_HANDLER_SPIN}
+HANDLERS = {"drop": lib.DP_HANDLER_DROP, "echo": lib.DP_HANDLER_ECHO, "spin": lib.DP_HANDLER_SPIN,
+            "udp_echo": lib.DP_HANDLER_UDP_ECHO}
 ARRIVALS = {
     "poisson": lib.DP_ARRIVAL_POISSON,
     "onoff": lib.DP_ARRIVAL_ONOFF,

@@ -49,6 +49,7 @@ enum dp_handler_kind {
 	DP_HANDLER_DROP = 0,  /* drops every packet (a tenant with no program) */
 	DP_HANDLER_ECHO = 1,  /* swaps L2/L3/L4 addresses and transmits */
 	DP_HANDLER_SPIN = 2,  /* burns the packet's or the tenant's cost, then echoes */
+	DP_HANDLER_UDP_ECHO = 5, /* the C twin of tenants/udp_echo (same fixtures) */
 	DP_HANDLER_EBPF = 3,  /* the tenant's eBPF program (dp_tenant_set_prog) */
 	DP_HANDLER_AOT = 4,   /* the tenant's program compiled with the datapath */
 };
@@ -211,6 +212,9 @@ int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap,
 /* a native handler run `repeat` times on one packet, in place: total
  * TSC cycles, or -errno (the programmability-tax reference) */
 int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat);
+/* a native handler once on frame[0..*len) (no classifier): its verdict;
+ * the frame and *len are updated in place (cap: the frame's size) */
+int dp_handler_run(uint32_t kind, uint8_t *frame, uint32_t *len, uint32_t cap);
 
 /* time */
 double dp_tsc_hz(void);

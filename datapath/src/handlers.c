@@ -5,6 +5,9 @@
  *   one's-complement sums are symmetric in the swapped fields).
  * spin: the adversary: burns the cost the packet's isolane probe header
  *   asks for (or the tenant's configured cost), then echoes.
+ * udp_echo: the hand-written C twin of the tenant program tenants/udp_echo
+ *   (the same parse and verdicts, checked against its fixture table): the
+ *   reference that the programmability tax is measured against.
  *
  * Their static bounds: echo and drop are loop-free code of a few dozen
  * instructions, bounded generously (10x what they take here); spin's cost
@@ -77,6 +80,45 @@ static always_inline uint32_t echo_back(struct pkt *p, struct l4_view *v)
 	return DP_XDP_TX;
 }
 
+static always_inline uint16_t be16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+/* isolane_parse_udp() of ebpf/include/isolane.h, verdict for verdict:
+ * not IPv4, not UDP or a fragment: the slow path; inconsistent: drop */
+static uint32_t run_udp_echo(const struct handler *h, struct pkt *p)
+{
+	uint8_t *d = pkt_data(p), *ip = d + 14, *udp;
+	uint32_t ihl, tot, ulen;
+
+	if (unlikely(p->len < 14))
+		return DP_XDP_DROP;
+	if (be16(d + 12) != 0x0800)
+		return DP_XDP_PASS;
+	if (unlikely(p->len < 14 + 20))
+		return DP_XDP_DROP;
+	ihl = (ip[0] & 0xf) * 4u;
+	tot = be16(ip + 2);
+	if (unlikely((ip[0] >> 4) != 4 || ihl < 20 || 14 + ihl > p->len || tot < ihl ||
+		     14 + tot > p->len))
+		return DP_XDP_DROP;
+	if (be16(ip + 6) & 0x3fff) /* MF or a fragment offset */
+		return DP_XDP_PASS;
+	if (ip[9] != 17)
+		return DP_XDP_PASS;
+	udp = ip + ihl;
+	if (unlikely(14 + ihl + 8 > p->len))
+		return DP_XDP_DROP;
+	ulen = be16(udp + 4);
+	if (unlikely(ulen < 8 || ulen > tot - ihl))
+		return DP_XDP_DROP;
+	swap_bytes(d, d + 6, 6);
+	swap_bytes(ip + 12, ip + 16, 4);
+	swap_bytes(udp, udp + 2, 2);
+	return DP_XDP_TX;
+}
+
 static uint32_t run_drop(const struct handler *h, struct pkt *p)
 {
 	return DP_XDP_DROP;
@@ -133,6 +175,7 @@ static const struct {
 	[DP_HANDLER_DROP] = {run_drop, 20},
 	[DP_HANDLER_ECHO] = {run_echo, 100},
 	[DP_HANDLER_SPIN] = {run_spin, 0},
+	[DP_HANDLER_UDP_ECHO] = {run_udp_echo, 100},
 };
 
 int handler_init(struct handler *h, uint32_t kind, uint32_t spin_ns)
@@ -176,6 +219,34 @@ int64_t handler_bench(const struct handler *h, const uint8_t *pkt, uint32_t len,
 		*verdict = p->verdict;
 	free(p);
 	return (int64_t)(t1 - t0);
+}
+
+int dp_handler_run(uint32_t kind, uint8_t *frame, uint32_t *len, uint32_t cap)
+{
+	struct handler h;
+	struct pkt *p;
+	int ret = handler_init(&h, kind, 0);
+
+	if (ret)
+		return ret;
+	if (*len > PKT_MAX_LEN)
+		return -EMSGSIZE;
+	p = aligned_alloc(64, FRAME_SIZE);
+	if (!p)
+		return -ENOMEM;
+	memset(p, 0, sizeof(*p));
+	p->off = PKT_DATA_OFF;
+	p->len = *len;
+	memcpy(pkt_data(p), frame, *len);
+	ret = (int)h.run(&h, p);
+	if (p->len > cap) {
+		ret = -ENOSPC;
+	} else {
+		memcpy(frame, pkt_data(p), p->len);
+		*len = p->len;
+	}
+	free(p);
+	return ret;
 }
 
 int64_t dp_handler_bench(uint32_t kind, const uint8_t *pkt, uint32_t len, uint64_t repeat)

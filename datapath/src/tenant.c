@@ -16,7 +16,8 @@ int tenant_config_check(const struct dp_tenant_config *c)
 		return -EINVAL; /* written so that NaN fails too */
 	if (c->cap_us > 1e7 || c->pkt_burst > 1e9 || c->byte_burst > 1e12)
 		return -ERANGE;
-	if (c->handler > DP_HANDLER_SPIN || c->spin_ns > DP_SPIN_MAX_NS)
+	if (c->handler == DP_HANDLER_EBPF || c->handler == DP_HANDLER_AOT ||
+	    c->handler > DP_HANDLER_UDP_ECHO || c->spin_ns > DP_SPIN_MAX_NS)
 		return -EINVAL;
 	return 0;
 }
