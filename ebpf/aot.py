@@ -16,6 +16,11 @@ pkt.h; env in h->aot_env), installed as the handler with no glue call in
 between. There the stack becomes scalar locals when r10 is only the base of
 fixed-offset loads and stores to disjoint slots (stack_slots), and memory
 accesses are pointer + constant so the compiler sees one base per register.
+In every unchecked mode, byte accesses are merged (_Merge): values put
+together from byte loads become one load, and the stores of a block through
+one base are written, when something may observe them, as pieces of the
+widths the same C has natively (clang's BPF backend splits memcpy and
+unaligned fields into bytes; GCC does not merge them back).
 
 One C function per program: registers are `uint64_t` locals, each
 instruction one statement, labelled where something jumps to it, jumps are
@@ -42,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -232,6 +238,334 @@ def _slot(off: int, size: int) -> str:
     return f"s{-off}_{size}"
 
 
+
+# ------------------------------------------------------------------ byte merging
+
+_C0 = ("c", 0)
+
+
+def _cbytes(v: int) -> tuple:
+    return tuple(("c", (v >> (8 * i)) & 0xff) for i in range(8))
+
+
+def _cval(vec) -> int | None:
+    """the constant a byte vector holds, or None"""
+    if any(a[0] != "c" for a in vec):
+        return None
+    return sum(a[1] << (8 * i) for i, a in enumerate(vec))
+
+
+class _Merge:
+    """Unchecked mode: byte-level value tracking within extended basic
+    blocks, so that bytecode built of byte (and halfword) accesses (what
+    clang's BPF backend makes of memcpy, struct copies and unaligned fields)
+    is emitted with the widths the same C would have natively.
+
+    Every register value is a vector of 8 byte atoms: ("c", k) a constant
+    byte, ("m", root, addr, t) the memory byte at root + addr as it was
+    when read (t: how many stores had been emitted then), ("v", vid, k)
+    byte k of an opaque value. Pointers are (root, delta): a root is a value
+    (one vid), so two accesses through the same root are at known distances
+    and everything else may alias.
+
+    Loads: an ALU result that is consecutive memory bytes (a value put
+    together from byte loads with shifts and ors, in either byte order) is
+    re-read as one load of that width, when no store emitted since the
+    bytes were read may have changed them; the byte loads become dead.
+    Stores: stores through one root are held back (emitted as nothing)
+    until something may observe them: a load that may alias one of them,
+    a store through another root, a call, a jump, a label. There the final
+    bytes they leave are written in pieces, each one value: a constant, a
+    run of consecutive bytes of some value of the block (a shifted register
+    copy), or a run of memory bytes still unchanged; every piece's source
+    is read before any piece is written (a swap reads both sides first).
+    Registers are computed exactly as before (only an expression may be
+    replaced by an equal one), so no liveness is needed; the compiler drops
+    the byte loads and shifts whose results are no longer used."""
+
+    def __init__(self, out: list[str], scalars, ctxmap):
+        self.out = out
+        self.scalars = scalars
+        self.ctxmap = ctxmap
+        self.nv = 0
+        self.vec: dict[int, tuple] = {}
+        self.defs: dict[int, tuple[int, int]] = {}  # vid -> (index in out, register)
+        self.temps: set[int] = set()
+        self.nb = 0
+        self.reset()
+
+    # -- state
+
+    def reset(self) -> None:
+        """a block starts: nothing known (registers are fresh values)"""
+        self.out.append("")
+        idx = len(self.out) - 1
+        self.reg: dict[int, int] = {}
+        self.ptr: dict[int, tuple[int, int]] = {}
+        self.block: list[int] = []
+        self.slots: dict[tuple[int, int], tuple] = {}
+        self.events: list[tuple[int, int, int]] = []
+        self.pending: dict[int, tuple] = {}
+        self.proot: int | None = None
+        for r in range(11):
+            self._def(r, None, idx)
+
+    def _def(self, r: int, vec, idx: int, ptr=None, width: int = 8) -> int:
+        v = self.nv
+        self.nv += 1
+        if vec is None:
+            vec = tuple(("v", v, k) if k < width else _C0 for k in range(8))
+        self.vec[v] = tuple(vec)
+        self.defs[v] = (idx, r)
+        self.block.append(v)
+        self.reg[r] = v
+        self.ptr[r] = ptr if ptr is not None else (v, 0)
+        return v
+
+    def temp(self, v: int) -> str:
+        """a C name for value v (assigned where v was computed)"""
+        if v not in self.temps:
+            self.temps.add(v)
+            idx, r = self.defs[v]
+            self.out[idx] += f" pv{v} = r{r};"
+        return f"pv{v}"
+
+    def decls(self) -> str:
+        return ("\tuint64_t " + ", ".join(f"pv{v}" for v in sorted(self.temps)) + ";\n"
+                if self.temps else "")
+
+    def valid(self, atom) -> bool:
+        """a memory atom still holds in memory (no emitted store since it was
+        read may have written it)"""
+        _, root, a, t = atom
+        return all(r == root and not lo <= a < hi for r, lo, hi in self.events[t:])
+
+    # -- stores
+
+    def flush(self) -> str:
+        if not self.pending:
+            return ""
+        droot, pend = self.proot, self.pending
+        self.pending, self.proot = {}, None
+        addrs = sorted(pend)
+        pieces = []  # (addr, n, kind, arg)
+        i = 0
+        while i < len(addrs):
+            o = addrs[i]
+            atoms = [pend[o]]
+            while (i + len(atoms) < len(addrs) and len(atoms) < 8 and
+                   addrs[i + len(atoms)] == o + len(atoms)):
+                atoms.append(pend[o + len(atoms)])
+            best = self._piece(atoms)
+            pieces.append((o, *best))
+            i += best[0]
+        loads, stores = [], []
+        for o, n, kind, arg in pieces:
+            j = 0
+            while j < n:  # power-of-two chunks, as the compiler expands memcpy
+                z = 8 if n - j >= 8 else 4 if n - j >= 4 else 2 if n - j >= 2 else 1
+                t, b = _UTYPE[z], self.nb
+                self.nb += 1
+                if kind == "c":
+                    val = _cval(tuple(arg[j:j + z]) + (_C0,) * (8 - z))
+                    src = f"({t}){_u64(val)}"
+                elif kind == "v":
+                    v, k = arg
+                    src = f"({t})({self.temp(v)} >> {8 * (k + j)})" if k + j else \
+                        f"({t}){self.temp(v)}"
+                else:
+                    root, a = arg
+                    src = f"AOT_LDP({t}, {self.temp(root)}, {a + j})"
+                loads.append(f"{t} pb{b} = {src};")
+                stores.append(f"AOT_STP({t}, {self.temp(droot)}, {o + j}, pb{b});")
+                j += z
+        lo = addrs[0]
+        for a, b in zip(addrs, addrs[1:] + [None]):
+            if b != a + 1:
+                self.events.append((droot, lo, a + 1))
+                lo = b
+        return "\t{ " + " ".join(loads + stores) + " }"
+
+    def _piece(self, atoms: list) -> tuple:
+        """(length, kind, source) of the longest piece starting atoms"""
+        best = (0, None, None)
+        n = 0
+        while n < len(atoms) and atoms[n][0] == "c":
+            n += 1
+        if n:
+            best = (n, "c", atoms[:n])
+        for v in reversed(self.block):
+            vec = self.vec[v]
+            for k in range(8):
+                if vec[k] != atoms[0]:
+                    continue
+                n = 1
+                while n < len(atoms) and k + n < 8 and vec[k + n] == atoms[n]:
+                    n += 1
+                if n > best[0]:
+                    best = (n, "v", (v, k))
+        a0 = atoms[0]
+        if a0[0] == "m" and self.valid(a0):
+            n = 1
+            while (n < len(atoms) and atoms[n][0] == "m" and atoms[n][1] == a0[1] and
+                   atoms[n][2] == a0[2] + n and self.valid(atoms[n])):
+                n += 1
+            if n > best[0]:
+                best = (n, "m", (a0[1], a0[2]))
+        assert best[0], atoms  # every stored byte is a byte of the stored register
+        return best
+
+    # -- one instruction
+
+    def step(self, pc: int, ins, code: str) -> tuple[str, str, bool]:
+        """(code to emit before the instruction, its code, whether the block
+        ends after it); the state is advanced past it, its results recorded
+        at index len(out) + (1 if the first is not empty)."""
+        cls, op = ins.cls, ins.op
+        before = ""
+        defs = []  # (register, vec | None, ptr, width)
+        end = False
+        if cls in (I.JMP, I.JMP32):
+            before = self.flush()
+            end = op in (I.CALL, I.EXIT, I.JA)
+        elif cls == I.LD:
+            defs.append((ins.dst, None, None, 8))
+        elif cls == I.LDX:
+            if self.ctxmap is not None and ins.src in self.ctxmap.get(pc, ()):
+                defs.append((ins.dst, None, None, 8))
+            elif self.scalars is not None and ins.src == 10:
+                sv = self.slots.get((ins.off, ins.size))
+                if ins.mode == I.MODE_MEM and sv is not None:
+                    defs.append((ins.dst, sv[:ins.size] + (_C0,) * (8 - ins.size), None, 8))
+                else:
+                    defs.append((ins.dst, None, None, 8))
+            else:
+                root, delta = self.ptr[ins.src]
+                a = delta + ins.off
+                if self.pending and (root != self.proot or
+                                     any(a + i in self.pending for i in range(ins.size))):
+                    before = self.flush()
+                if ins.mode == I.MODE_MEM:
+                    t = len(self.events)
+                    vec = tuple(("m", root, a + i, t) for i in range(ins.size)) + \
+                        (_C0,) * (8 - ins.size)
+                    defs.append((ins.dst, vec, None, 8))
+                else:
+                    defs.append((ins.dst, None, None, 8))
+        elif cls in (I.ST, I.STX) and ins.mode == I.MODE_MEM:
+            z = ins.size
+            val = (self.vec[self.reg[ins.src]] if cls == I.STX
+                   else _cbytes(ins.imm & (2**64 - 1)))[:z]
+            if self.scalars is not None and ins.dst == 10:
+                self.slots[(ins.off, z)] = val
+            else:
+                root, delta = self.ptr[ins.dst]
+                if self.pending and root != self.proot:
+                    before = self.flush()
+                self.proot = root
+                for i in range(z):
+                    self.pending[delta + ins.off + i] = val[i]
+                code = f"/* st r{ins.dst}{ins.off:+d} (merged) */"
+        elif cls in (I.ALU, I.ALU64):
+            d = self._alu(ins)
+            defs.append(d)
+            if isinstance(d[1], tuple) and op not in (I.MOV, I.END):
+                wide = self._wide(d[1])
+                if wide:
+                    code = f"r{ins.dst} = {wide};"
+        else:  # atomics
+            before = self.flush()
+            end = True
+        idx = len(self.out) + (1 if before else 0)
+        for r, vec, ptr, width in defs:
+            if isinstance(vec, int):  # a copy: the same value
+                self.reg[r], self.ptr[r] = vec, self.ptr[ptr]
+            else:
+                self._def(r, vec, idx, ptr, width)
+        return before, code, end
+
+    def _wide(self, vec) -> str | None:
+        n = 0
+        while n < 8 and vec[n] != _C0:
+            n += 1
+        if n not in (2, 4, 8) or any(a != _C0 for a in vec[n:]):
+            return None
+        if any(a[0] != "m" or a[1] != vec[0][1] or not self.valid(a) for a in vec[:n]):
+            return None
+        addrs = [a[2] for a in vec[:n]]
+        root, lo = vec[0][1], min(addrs)
+        t = _UTYPE[n]
+        load = f"AOT_LDP({t}, {self.temp(root)}, {lo})"
+        if addrs == list(range(lo, lo + n)):
+            return f"(uint64_t)({t}){load}"
+        if addrs == list(range(lo + n - 1, lo - 1, -1)):
+            return f"(uint64_t)({t})__builtin_bswap{8 * n}({load})"
+        return None
+
+    def _alu(self, ins):
+        """(register, vec | None, ptr | None, width) of an ALU instruction"""
+        is64, op, x = ins.cls == I.ALU64, ins.op, ins.code & I.SRC_X
+        w = 8 if is64 else 4
+        dst = self.vec[self.reg[ins.dst]]
+        if x:
+            src = self.vec[self.reg[ins.src]]
+        else:
+            imm = ins.imm & 0xffffffff
+            if is64 and imm & 0x80000000:
+                imm |= 0xffffffff00000000
+            src = _cbytes(imm)
+        out = ptr = None
+        if op in (I.ADD, I.SUB) and is64 and not x:  # pointer arithmetic
+            c = _cval(src)
+            c = c - 2**64 if c >= 2**63 else c
+            root, delta = self.ptr[ins.dst]
+            ptr = (root, delta + c if op == I.ADD else delta - c)
+        if op == I.MOV and not ins.off:
+            if is64 and x:
+                return (ins.dst, self.reg[ins.src], ins.src, 8)
+            out = src[:w]
+        elif op == I.END:
+            n = ins.imm // 8
+            if n in (2, 4, 8):
+                out = tuple(reversed(dst[:n])) if (is64 or x) else dst[:n]
+        elif op in (I.LSH, I.RSH) and not x and ins.imm % 8 == 0 and 0 <= ins.imm < 8 * w:
+            k = ins.imm // 8
+            low = dst[:w]
+            out = ((_C0,) * k + low[:w - k]) if op == I.LSH else (low[k:] + (_C0,) * k)
+        elif op in (I.AND, I.OR, I.XOR, I.ADD):
+            a, b = dst[:w], src[:w]
+            ca, cb = _cval(a), _cval(b)
+            if ca is not None and cb is not None:
+                m = (1 << (8 * w)) - 1
+                out = _cbytes({I.AND: ca & cb, I.OR: ca | cb, I.XOR: ca ^ cb,
+                               I.ADD: ca + cb}[op] & m)[:w]
+            else:
+                res = []
+                for p, q in zip(a, b):
+                    if op == I.AND:
+                        if p == _C0 or q == _C0:
+                            res.append(_C0)
+                        elif p == ("c", 0xff):
+                            res.append(q)
+                        elif q == ("c", 0xff):
+                            res.append(p)
+                        else:
+                            break
+                    elif p == _C0:
+                        res.append(q)
+                    elif q == _C0:
+                        res.append(p)
+                    elif op == I.OR and p == q:
+                        res.append(p)
+                    else:
+                        break
+                else:
+                    out = tuple(res)
+        if out is None:
+            return (ins.dst, None, ptr, w)
+        return (ins.dst, tuple(out) + (_C0,) * (8 - len(out)), ptr, 8)
+
+
 # ------------------------------------------------------------------ translator
 
 def _u64(v: int) -> str:
@@ -322,6 +656,8 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
     out: list[str] = []
     emit = out.append
     ret_labels = 0
+    # unchecked: byte accesses merged into the widths native code has
+    merge = _Merge(out, scalars, ctxmap) if not checked and sys.byteorder == "little" else None
 
     def fault(code: str, pc: int) -> str:
         return f"{{ fault = {code}; fault_pc = {pc}; goto out_fault; }}"
@@ -346,7 +682,11 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
         if not starts[pc]:
             continue
         if pc in targets:
+            if merge:
+                emit(merge.flush())
             emit(f"L{pc}:")
+            if merge:
+                merge.reset()
         cls, op = ins.cls, ins.op
         d, s = f"r{ins.dst}", f"r{ins.src}"
         if ins.dst > 10 or ins.src > 10:
@@ -489,12 +829,10 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
                 raise _bad(pc, f"invalid opcode 0x{ins.code:02x}")
             addr = f"{s} + {_u64(ins.off)}"
             if ctxmap is not None and ins.src in ctxmap.get(pc, ()):
-                emit(pre + f"{d} = (uint64_t){_CTX_FIELDS[(ins.off, size)]};")
-                continue
-            if scalars is not None and ins.src == 10:
-                emit(pre + f"{d} = (uint64_t)({t}){_slot(ins.off, size)};")
-                continue
-            if not checked:  # base + offset as pointers: wide merges need a common base
+                code = f"{d} = (uint64_t){_CTX_FIELDS[(ins.off, size)]};"
+            elif scalars is not None and ins.src == 10:
+                code = f"{d} = (uint64_t)({t}){_slot(ins.off, size)};"
+            elif not checked:  # base + offset as pointers: wide merges need a common base
                 code = f"{d} = (uint64_t)({t})AOT_LDP({t}, {s}, {ins.off});"
             else:
                 code = ("{ uint64_t a = " + addr + "; " +
@@ -520,14 +858,25 @@ def translate(insns: bytes, *, name: str, mode: str = "xdp", checked: bool = Fal
                 raise _bad(pc, f"invalid opcode 0x{ins.code:02x}")
         else:
             raise _bad(pc, f"invalid opcode 0x{ins.code:02x}")
-        emit(pre + code)
+        if merge:
+            before, code, end = merge.step(pc, ins, code)
+            if before:
+                emit(before)
+            emit(pre + code)
+            if end:
+                merge.reset()
+        else:
+            emit(pre + code)
     last = [pc for pc in range(n) if starts[pc]][-1]
     lins = slots[last]
     if not (lins.code == I.JMP | I.EXIT or (lins.cls in (I.JMP, I.JMP32) and lins.op == I.JA)):
         raise AotError(f"last insn {last} is not exit or jump")
     moves_packet = any(starts[pc] and slots[pc].is_helper_call() and
                        slots[pc].imm in (H_ADJUST_HEAD, H_ADJUST_TAIL) for pc in range(n))
-    return _function(name, "\n".join(out), xdp=xdp, checked=checked, has_calls=has_calls,
+    body = "\n".join(line for line in out if line)
+    if merge:
+        body = merge.decls() + body
+    return _function(name, body, xdp=xdp, checked=checked, has_calls=has_calls,
                      budget=budget, ctx_in_mem=ctxmap is None, moves_packet=moves_packet,
                      scalars=scalars)
 
