@@ -277,37 +277,25 @@ int dp_global_stats(dp_t *dp, struct dp_global_stats *out)
 
 int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap, uint32_t *tenant_out)
 {
-	uint8_t *buf;
 	struct pkt *p;
 	int ret;
 
 	if (*len > PKT_MAX_LEN)
 		return -EMSGSIZE;
-	buf = aligned_alloc(64, FRAME_SIZE);
-	if (!buf)
+	p = pkt_scratch(frame, *len);
+	if (!p)
 		return -ENOMEM;
 	/* the lock keeps the classifier and tenants from changing under us */
 	pthread_mutex_lock(&dp->ctl_lock);
 	if (dp->running) {
 		pthread_mutex_unlock(&dp->ctl_lock);
-		free(buf);
+		free(p);
 		return -EBUSY;
 	}
-	p = (struct pkt *)buf;
-	memset(p, 0, sizeof(*p));
-	p->off = PKT_DATA_OFF;
-	p->len = *len;
-	memcpy(pkt_data(p), frame, *len);
 	ret = dp_handle_one(dp, p, tenant_out);
 	pthread_mutex_unlock(&dp->ctl_lock);
-	if (ret >= 0) {
-		if (p->len > cap) {
-			ret = -ENOSPC;
-		} else {
-			memcpy(frame, pkt_data(p), p->len);
-			*len = p->len;
-		}
-	}
-	free(buf);
+	if (ret >= 0)
+		ret = pkt_copy_out(p, frame, len, cap) ?: ret;
+	free(p);
 	return ret;
 }

@@ -200,13 +200,9 @@ int64_t handler_bench(const struct handler *h, const uint8_t *pkt, uint32_t len,
 
 	if (len > PKT_MAX_LEN || !repeat)
 		return -EINVAL;
-	p = aligned_alloc(64, FRAME_SIZE);
+	p = pkt_scratch(pkt, len);
 	if (!p)
 		return -ENOMEM;
-	memset(p, 0, sizeof(*p));
-	p->off = PKT_DATA_OFF;
-	p->len = len;
-	memcpy(pkt_data(p), pkt, len);
 	t0 = rdtsc();
 	for (uint64_t i = 0; i < repeat; i++) {
 		p->off = PKT_DATA_OFF;
@@ -231,20 +227,11 @@ int dp_handler_run(uint32_t kind, uint8_t *frame, uint32_t *len, uint32_t cap)
 		return ret;
 	if (*len > PKT_MAX_LEN)
 		return -EMSGSIZE;
-	p = aligned_alloc(64, FRAME_SIZE);
+	p = pkt_scratch(frame, *len);
 	if (!p)
 		return -ENOMEM;
-	memset(p, 0, sizeof(*p));
-	p->off = PKT_DATA_OFF;
-	p->len = *len;
-	memcpy(pkt_data(p), frame, *len);
 	ret = (int)h.run(&h, p);
-	if (p->len > cap) {
-		ret = -ENOSPC;
-	} else {
-		memcpy(frame, pkt_data(p), p->len);
-		*len = p->len;
-	}
+	ret = pkt_copy_out(p, frame, len, cap) ?: ret;
 	free(p);
 	return ret;
 }

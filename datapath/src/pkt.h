@@ -37,6 +37,12 @@ static inline uint8_t *pkt_data(struct pkt *p)
 	return (uint8_t *)p + p->off;
 }
 
+/* A packet outside any backend, for tools and tests: a fresh frame holding
+ * a copy of frame[0..len) (NULL without memory; free() it), and the copy
+ * back out (0, or -ENOSPC when the packet outgrew cap). */
+struct pkt *pkt_scratch(const uint8_t *frame, uint32_t len);
+int pkt_copy_out(const struct pkt *p, uint8_t *frame, uint32_t *len, uint32_t cap);
+
 /* bytes the packet may grow to at the tail */
 static inline uint32_t pkt_room(const struct pkt *p)
 {
