@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from .prog import prog
+from .testbed_cli import testbed
 
 EXIT_REJECTED = 3
 
@@ -29,6 +30,7 @@ def main():
 
 
 main.add_command(prog)
+main.add_command(testbed)
 
 if __name__ == "__main__":
     main()
