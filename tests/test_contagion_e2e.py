@@ -20,7 +20,9 @@ DURATION_S = 0.5
 
 def victim_p99_us(dp_factory, policy: str) -> tuple[float, object]:
     dp = dp_factory(policy)
-    dp.add_tenant(1, handler="spin", share=0.5, cap_us=50)
+    # a deep victim queue: a host stall of the VM (tens of ms) must not
+    # overflow it; the aggressor's default queue still overflows
+    dp.add_tenant(1, handler="spin", share=0.5, cap_us=50, queue_cap=8192)
     dp.add_tenant(2, handler="spin", share=0.5, cap_us=50)
     dp.set_rules([Rule(1, ip_dst="10.0.0.1", proto="udp", dport=7),
                   Rule(2, ip_dst="10.0.0.2", proto="udp", dport=7)])
