@@ -96,7 +96,7 @@ def measure(tenant_dir: pathlib.Path, repeat: int, rounds: int) -> dict:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               default=RESULTS / "progtax.json", show_default=True, help="Write results as JSON.")
 def main(names, repeat, rounds, quick, json_path):
-    """ns per packet of each tenant program: native C, interpreter, kernel JIT."""
+    """ns per packet of each tenant program: native C twin, aot, interpreter, kernel JIT."""
     if quick:
         repeat, rounds = 100_000, 1
     console = make_console()
