@@ -15,7 +15,7 @@ SRC = HERE / "src"
 HEADER = HERE / "include" / "isolane_dp.h"
 CFLAGS = ["-O3", "-march=native", "-std=gnu11", "-Wall", "-Wno-unused-parameter",
           "-fno-strict-aliasing", "-pthread"]
-LDFLAGS = ["-pthread", "-lm"]
+LDFLAGS = ["-pthread", "-lm", "-lxdp", "-lbpf"]
 # ISOLANE_SANITIZE=1 builds with AddressSanitizer (see `make test-asan`)
 if os.environ.get("ISOLANE_SANITIZE") == "1":
     CFLAGS += ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]

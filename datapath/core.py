@@ -187,6 +187,58 @@ class Datapath:
         check(lib.dp_backend_mem(self._dp, cfg, cflows, len(flows)), "setting up the mem backend")
         self.flows = list(flows)
 
+    def use_afxdp_backend(self, ifname: str, queue: int = 0, n_frames: int = 4096,
+                          ring_size: int = 2048, *, netns: str | None = None,
+                          zerocopy: bool = False) -> None:
+        """Packets from queue `queue` of interface `ifname` through one AF_XDP
+        socket (see backend_afxdp.c), in copy mode unless `zerocopy`. The
+        interface is looked up in this thread's network namespace, or in
+        `netns` (a name under /run/netns) when given. Nothing is steered to
+        the socket until its fd (`afxdp_fd`) is in the steering program's
+        XSKMAP: `Steer.bind_xsk(queue, dp.afxdp_fd)`."""
+        from .errors import BackendError
+
+        def pow2(v):
+            return v > 0 and not v & (v - 1)
+
+        if not (pow2(n_frames) and pow2(ring_size) and ring_size >= 8 and n_frames >= 2 * ring_size):
+            raise ConfigError(f"n_frames ({n_frames}) and ring_size ({ring_size}) must be powers "
+                              "of two, ring_size >= 8 and n_frames >= 2 * ring_size")
+        if not 0 <= queue < 2**32:
+            raise ConfigError(f"queue must be a queue index >= 0, not {queue}")
+        cfg = ffi.new("struct dp_afxdp_config *")
+        name = ffi.new("char[]", ifname.encode())
+        cfg.ifname = name
+        cfg.queue = queue
+        cfg.n_frames = n_frames
+        cfg.ring_size = ring_size
+        cfg.flags = ((lib.DP_AFXDP_ZEROCOPY if zerocopy else lib.DP_AFXDP_COPY)
+                     | lib.DP_AFXDP_NEED_WAKEUP)
+        if netns is None:
+            ret = lib.dp_backend_afxdp(self._dp, cfg)
+            msg = ffi.string(lib.dp_afxdp_last_error()).decode()
+        else:
+            from ebpf.steer import _in_netns  # the same thread enters and leaves
+
+            with _in_netns(netns):
+                ret = lib.dp_backend_afxdp(self._dp, cfg)
+                msg = ffi.string(lib.dp_afxdp_last_error()).decode()
+        if ret < 0:
+            err = -ret
+            raise BackendError(f"setting up the afxdp backend on {ifname!r} queue {queue}: "
+                               f"{msg or os.strerror(err)}", errno=err)
+        self.flows = []
+
+    @property
+    def afxdp_fd(self) -> int:
+        """The AF_XDP socket's fd, for the steering program's XSKMAP."""
+        ret = lib.dp_afxdp_fd(self._dp)
+        if ret < 0:
+            from .errors import BackendError
+            raise BackendError("this Datapath has no afxdp backend: call use_afxdp_backend() first",
+                               errno=-ret)
+        return ret
+
     # ---- running ----
 
     def start(self) -> None:

@@ -422,4 +422,45 @@ int dp_tenant_set_aot(dp_t *dp, uint32_t id, dp_aot_fn fn, const struct dp_aot_e
 int64_t dp_aot_bench(dp_aot_fn fn, const struct dp_aot_env *env, const uint8_t *pkt,
 		     uint32_t len, uint64_t repeat, uint32_t *verdict);
 
+/* ---- afxdp backend ---- */
+/* Packets from one queue of a real interface through one AF_XDP socket
+ * (datapath/src/backend_afxdp.c). libxdp's XDP program is never loaded:
+ * the steering program (ebpf/steer.py) redirects into its XSKMAP, where
+ * the caller puts dp_afxdp_fd(). The interface is looked up in the network
+ * namespace of the calling thread. Errors: -ENODEV (no such interface),
+ * -EBUSY (the queue already has a socket, or the loop runs), -ENOBUFS /
+ * -ENOMEM (UMEM could not be locked), -EPERM, -EOPNOTSUPP, -EINVAL; the
+ * calling thread's dp_afxdp_last_error() says what happened and what to do. */
+#define DP_AFXDP_COPY 1        /* XDP_COPY (the default when neither is set) */
+#define DP_AFXDP_ZEROCOPY 2    /* XDP_ZEROCOPY: needs driver support */
+#define DP_AFXDP_NEED_WAKEUP 4 /* XDP_USE_NEED_WAKEUP: kick only when asked */
+
+struct dp_afxdp_config {
+	const char *ifname;
+	uint32_t queue;
+	uint32_t n_frames;  /* UMEM frames of 2048 bytes, power of two, >= 2 * ring_size */
+	uint32_t ring_size; /* fill, completion, RX and TX ring entries, power of two */
+	uint32_t flags;     /* DP_AFXDP_* */
+};
+
+struct dp_afxdp_stats {
+	uint64_t rx;            /* descriptors received by the datapath */
+	uint64_t tx;            /* descriptors put on the TX ring */
+	uint64_t kicks;         /* sendto/recvfrom wakeups */
+	uint64_t kick_errors;   /* wakeups that failed (other than EAGAIN/EBUSY/ENOBUFS) */
+	/* the kernel's XDP_STATISTICS */
+	uint64_t rx_dropped;    /* dropped for reasons other than invalid descriptors */
+	uint64_t rx_invalid;
+	uint64_t tx_invalid;
+	uint64_t rx_ring_full;  /* dropped: the RX ring was full */
+	uint64_t fill_empty;    /* dropped: the fill ring was empty */
+	uint64_t tx_ring_empty;
+};
+
+int dp_backend_afxdp(dp_t *dp, const struct dp_afxdp_config *cfg);
+int dp_afxdp_fd(dp_t *dp);  /* the socket fd (for the XSKMAP), or -ENODEV */
+int dp_afxdp_stats(dp_t *dp, struct dp_afxdp_stats *out);
+/* the calling thread's last afxdp error message ("" if none) */
+const char *dp_afxdp_last_error(void);
+
 #endif /* ISOLANE_DP_H */
