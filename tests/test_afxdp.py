@@ -1,6 +1,6 @@
 """The afxdp backend on a real veth pair: steered UDP in, udp_echo's reply out.
 
-Two namespaces of our own (isax-<pid>-g: the generator, isax-<pid>-h: the
+Two namespaces of our own (isax-<pid>-p: the generator, isax-<pid>-h: the
 isolane host) joined by a veth pair, 10.97.0.2/24 (xg, generator) and
 10.97.0.1/24 (xh, where Steer attaches in skb mode and the datapath's
 AF_XDP socket sits on queue 0, copy mode). Frames are sent and received
@@ -9,11 +9,7 @@ on xg with an AF_PACKET socket made inside the generator namespace.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import select
-import socket
-import subprocess
 import time
 
 import pytest
@@ -28,90 +24,24 @@ from datapath._dp import ffi, lib  # noqa: E402
 from datapath.errors import BackendError, ConfigError  # noqa: E402
 from ebpf import steer as steer_mod  # noqa: E402
 from ebpf.steer import Steer, attached_programs  # noqa: E402
+from vethpair import VethPair  # noqa: E402
 
 H_IP, G_IP = "10.97.0.1", "10.97.0.2"
-ETH_P_ALL = 0x0003
 TENANT = 1
-
-
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
-
-
-class Net:
-    def __init__(self):
-        tag = f"isax-{os.getpid()}"
-        self.ns_h, self.ns_g = f"{tag}-h", f"{tag}-g"
-        self.if_h, self.if_g = "xh", "xg"
-        self.made = []
-        for ns in (self.ns_h, self.ns_g):
-            _ip("netns", "add", ns)
-            self.made.append(ns)
-        _ip("-n", self.ns_h, "link", "add", self.if_h, "type", "veth", "peer", "name", self.if_g,
-            "netns", self.ns_g)
-        for ns, ifname, addr in ((self.ns_h, self.if_h, H_IP), (self.ns_g, self.if_g, G_IP)):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                            "net.ipv6.conf.all.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True, capture_output=True)
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
-            _ip("-n", ns, "link", "set", ifname, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        self.mac_h = self._mac(self.ns_h, self.if_h)
-        self.mac_g = self._mac(self.ns_g, self.if_g)
-        with steer_mod._in_netns(self.ns_g):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            self.sock.bind((self.if_g, 0))
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-
-    @staticmethod
-    def _mac(ns: str, ifname: str) -> str:
-        return json.loads(_ip("-n", ns, "-j", "link", "show", "dev", ifname))[0]["address"]
-
-    def close(self):
-        self.sock.close()
-        for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-    def udp(self, sport: int, dport: int, payload: bytes) -> bytes:
-        return bytes(Ether(src=self.mac_g, dst=self.mac_h) / IP(src=G_IP, dst=H_IP)
-                     / UDP(sport=sport, dport=dport) / payload)
-
-    def drain(self):
-        while True:
-            try:
-                self.sock.recv(65535)
-            except BlockingIOError:
-                return
-
-    def send(self, frame) -> None:
-        self.sock.send(bytes(frame))
-
-    def expect(self, match, timeout: float = 2.0):
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            if not select.select([self.sock], [], [], left)[0]:
-                break
-            data, addr = self.sock.recvfrom(65535)
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            pkt = Ether(data)
-            if match(pkt):
-                return pkt
-        return None
 
 
 @pytest.fixture
 def net(request):
     if os.geteuid() != 0:
         pytest.fail("test_afxdp needs root (netns, veth, XDP, AF_XDP)")
-    n = Net()
+    n = VethPair(f"isax-{os.getpid()}", H_IP, G_IP, host_if="xh", peer_if="xg",
+                 expect_timeout=2.0)
     request.addfinalizer(n.close)
     return n
 
 
 def _progs(net):
-    return attached_programs(net.if_h, net.ns_h)
+    return attached_programs(net.if_host, net.ns_host)
 
 
 def _datapath() -> Datapath:
@@ -131,7 +61,7 @@ def _is_echo(net, sport, dport, payload):
     def match(p):
         return (UDP in p and p[UDP].sport == dport and p[UDP].dport == sport
                 and p[IP].src == H_IP and p[IP].dst == G_IP
-                and p[Ether].src == net.mac_h and p[Ether].dst == net.mac_g
+                and p[Ether].src == net.mac_host and p[Ether].dst == net.mac_peer
                 and bytes(p[UDP].payload) == payload)
     return match
 
@@ -147,11 +77,11 @@ def test_udp_echo_through_afxdp(net):
     dp = _datapath()
     steer = None
     try:
-        dp.use_afxdp_backend(net.if_h, queue=0, n_frames=1024, ring_size=256, netns=net.ns_h)
+        dp.use_afxdp_backend(net.if_host, queue=0, n_frames=1024, ring_size=256, netns=net.ns_host)
         fd = dp.afxdp_fd
         assert fd >= 0
         assert _progs(net) == [], "libxdp loaded its own program"
-        steer = Steer(net.if_h, netns=net.ns_h, mode="skb")
+        steer = Steer(net.if_host, netns=net.ns_host, mode="skb")
         steer.steer_all()
         steer.bind_xsk(0, fd)
         assert [(p["name"], p["mode"]) for p in _progs(net)] == [("isolane_steer", "skb")]
@@ -168,15 +98,15 @@ def test_udp_echo_through_afxdp(net):
             assert steer.stats()["redirected"] == 20
 
             # ARP still reaches the kernel, which answers it
-            net.send(Ether(src=net.mac_g, dst="ff:ff:ff:ff:ff:ff")
-                     / ARP(op=1, hwsrc=net.mac_g, psrc=G_IP, pdst=H_IP))
+            net.send(Ether(src=net.mac_peer, dst="ff:ff:ff:ff:ff:ff")
+                     / ARP(op=1, hwsrc=net.mac_peer, psrc=G_IP, pdst=H_IP))
             arp = net.expect(lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == H_IP)
-            assert arp is not None and arp[ARP].hwsrc == net.mac_h
+            assert arp is not None and arp[ARP].hwsrc == net.mac_host
 
             # malformed frames: the steering program hands them to the kernel
             # (Steer.stats()["malformed"]); the datapath never sees them
             before = steer.stats()["malformed"]
-            eth = bytes(Ether(src=net.mac_g, dst=net.mac_h))[:12] + b"\x08\x00"
+            eth = bytes(Ether(src=net.mac_peer, dst=net.mac_host))[:12] + b"\x08\x00"
             net.send(eth + bytes(IP(src=G_IP, dst=H_IP, len=200) / UDP(dport=7)))
             assert _wait(lambda: steer.stats()["malformed"] == before + 1)
             assert dp.global_stats().malformed == 0
@@ -218,15 +148,15 @@ def test_malformed_frames_dropped_and_counted(net):
     bpf = BPF(text=REDIRECT_ALL)
     attached = False
     try:
-        dp.use_afxdp_backend(net.if_h, n_frames=512, ring_size=128, netns=net.ns_h)
+        dp.use_afxdp_backend(net.if_host, n_frames=512, ring_size=128, netns=net.ns_host)
         fn = bpf.load_func(b"redirect_all", BPF.XDP)
-        with steer_mod._in_netns(net.ns_h):
-            BPF.attach_xdp(net.if_h.encode(), fn, steer_mod.XDP_FLAGS_SKB_MODE)
+        with steer_mod._in_netns(net.ns_host):
+            BPF.attach_xdp(net.if_host.encode(), fn, steer_mod.XDP_FLAGS_SKB_MODE)
             attached = True
         xsks = bpf[b"xsks_all"]
         xsks[xsks.Key(0)] = xsks.Leaf(dp.afxdp_fd)
         net.drain()
-        eth = bytes(Ether(src=net.mac_g, dst=net.mac_h))[:12] + b"\x08\x00"
+        eth = bytes(Ether(src=net.mac_peer, dst=net.mac_host))[:12] + b"\x08\x00"
         ip = IP(src=G_IP, dst=H_IP)
         frames = [
             eth + b"\x45\x00\x00\x1c" + b"\x00" * 6,                   # IPv4 cut at 10 bytes
@@ -247,8 +177,8 @@ def test_malformed_frames_dropped_and_counted(net):
     finally:
         dp.close()
         if attached:
-            with steer_mod._in_netns(net.ns_h):
-                BPF.remove_xdp(net.if_h.encode(), steer_mod.XDP_FLAGS_SKB_MODE)
+            with steer_mod._in_netns(net.ns_host):
+                BPF.remove_xdp(net.if_host.encode(), steer_mod.XDP_FLAGS_SKB_MODE)
         bpf.cleanup()
     assert _progs(net) == []
 
@@ -257,9 +187,9 @@ def test_restart_and_rebind(net):
     """stop/start keeps the socket; a second backend on the same queue is
     refused while the first lives, and accepted once it is closed."""
     dp = _datapath()
-    with Steer(net.if_h, netns=net.ns_h) as steer:
+    with Steer(net.if_host, netns=net.ns_host) as steer:
         steer.steer_all()
-        dp.use_afxdp_backend(net.if_h, n_frames=256, ring_size=64, netns=net.ns_h)
+        dp.use_afxdp_backend(net.if_host, n_frames=256, ring_size=64, netns=net.ns_host)
         steer.bind_xsk(0, dp.afxdp_fd)
         for round_ in range(3):
             with dp.running():
@@ -269,10 +199,10 @@ def test_restart_and_rebind(net):
         other = _datapath()
         try:
             with pytest.raises(BackendError, match="already has an AF_XDP socket") as exc:
-                other.use_afxdp_backend(net.if_h, n_frames=256, ring_size=64, netns=net.ns_h)
+                other.use_afxdp_backend(net.if_host, n_frames=256, ring_size=64, netns=net.ns_host)
             assert exc.value.errno == errno.EBUSY
             dp.close()
-            other.use_afxdp_backend(net.if_h, n_frames=256, ring_size=64, netns=net.ns_h)
+            other.use_afxdp_backend(net.if_host, n_frames=256, ring_size=64, netns=net.ns_host)
             steer.bind_xsk(0, other.afxdp_fd)
             with other.running():
                 net.send(net.udp(4101, 7, b"second"))
@@ -286,15 +216,15 @@ def test_errors_say_what_to_do(net):
     dp = _datapath()
     try:
         with pytest.raises(BackendError, match="no interface nosuch0") as exc:
-            dp.use_afxdp_backend("nosuch0", netns=net.ns_h)
+            dp.use_afxdp_backend("nosuch0", netns=net.ns_host)
         assert exc.value.errno == errno.ENODEV
         # xh lives in the host namespace, not in ours
         with pytest.raises(BackendError, match="network namespace"):
-            dp.use_afxdp_backend(net.if_h)
+            dp.use_afxdp_backend(net.if_host)
         with pytest.raises(ConfigError, match="powers of two"):
-            dp.use_afxdp_backend(net.if_h, n_frames=1000, netns=net.ns_h)
+            dp.use_afxdp_backend(net.if_host, n_frames=1000, netns=net.ns_host)
         with pytest.raises(BackendError, match="queue"):
-            dp.use_afxdp_backend(net.if_h, queue=7, netns=net.ns_h)
+            dp.use_afxdp_backend(net.if_host, queue=7, netns=net.ns_host)
         with pytest.raises(BackendError, match="no afxdp backend"):
             dp.afxdp_fd
     finally:

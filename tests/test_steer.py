@@ -1,8 +1,8 @@
 """ebpf.steer: the XDP steering program on a real veth pair.
 
-Two network namespaces of our own (islst-<pid>-a, islst-<pid>-b) joined by a
+Two network namespaces of our own (islst-<pid>-h, islst-<pid>-p) joined by a
 veth pair, 10.98.0.1/24 (vA, where Steer attaches) and 10.98.0.2/24 (vB).
-Frames are sent from vB with an AF_PACKET socket made inside namespace b;
+Frames are sent from vB with an AF_PACKET socket (tests/vethpair.py);
 scapy builds them. The kernel's answers (ARP reply, echo reply, port
 unreachable, RST) come back on the same socket.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -33,83 +32,15 @@ from datapath.errors import BackendError  # noqa: E402
 from ebpf import steer as steer_mod  # noqa: E402
 from ebpf.steer import (ForeignProgramError, NoSuchInterfaceError, NotPrivilegedError,  # noqa: E402
                         Steer, attached_programs)
+from vethpair import VethPair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 A_IP, B_IP = "10.98.0.1", "10.98.0.2"
-ETH_P_ALL = 0x0003
-
-
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
-
-
-class Net:
-    """The namespaces, the veth pair and a raw socket on vB."""
-
-    def __init__(self):
-        tag = f"islst-{os.getpid()}"
-        self.ns_a, self.ns_b = f"{tag}-a", f"{tag}-b"
-        self.if_a, self.if_b = "vA", "vB"
-        _ip("netns", "add", self.ns_a)
-        _ip("netns", "add", self.ns_b)
-        _ip("-n", self.ns_a, "link", "add", self.if_a, "type", "veth", "peer", "name", self.if_b,
-            "netns", self.ns_b)
-        for ns, ifname, addr in ((self.ns_a, self.if_a, A_IP), (self.ns_b, self.if_b, B_IP)):
-            # no IPv6: no ND/MLD chatter in the counters
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.icmp_ratelimit=0"],
-                           check=True, capture_output=True)
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
-            _ip("-n", ns, "link", "set", ifname, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        self.mac_a = self._mac(self.ns_a, self.if_a)
-        self.mac_b = self._mac(self.ns_b, self.if_b)
-        with steer_mod._in_netns(self.ns_b):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            self.sock.bind((self.if_b, 0))
-        self.sock.setblocking(False)
-
-    @staticmethod
-    def _mac(ns: str, ifname: str) -> str:
-        import json
-        return json.loads(_ip("-n", ns, "-j", "link", "show", "dev", ifname))[0]["address"]
-
-    def close(self):
-        self.sock.close()
-        for ns in (self.ns_a, self.ns_b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-    def eth(self) -> Ether:
-        return Ether(src=self.mac_b, dst=self.mac_a)
-
-    def drain(self):
-        while True:
-            try:
-                self.sock.recv(65535)
-            except BlockingIOError:
-                return
-
-    def send(self, frame) -> None:
-        self.sock.send(bytes(frame))
-
-    def expect(self, match, timeout: float = 1.0):
-        """The first frame received on vB (sent by A) for which match(Ether) is true, or None."""
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            if not select.select([self.sock], [], [], left)[0]:
-                break
-            data, addr = self.sock.recvfrom(65535)
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            pkt = Ether(data)
-            if match(pkt):
-                return pkt
-        return None
 
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = VethPair(f"islst-{os.getpid()}", A_IP, B_IP, host_if="vA", peer_if="vB")
     yield n
     n.close()
 
@@ -119,8 +50,8 @@ def steer(net):
     made = []
 
     def make(**kw):
-        kw.setdefault("netns", net.ns_a)
-        s = Steer(net.if_a, **kw)
+        kw.setdefault("netns", net.ns_host)
+        s = Steer(net.if_host, **kw)
         made.append(s)
         return s
 
@@ -131,7 +62,7 @@ def steer(net):
 
 
 def _progs(net):
-    return attached_programs(net.if_a, net.ns_a)
+    return attached_programs(net.if_host, net.ns_host)
 
 
 def _wait_stat(s, name, at_least, timeout=1.0):
@@ -148,7 +79,7 @@ def _delta(before, after):
 # -- attach / detach ----------------------------------------------------------
 
 def test_attach_and_detach_leave_nothing(net):
-    s = Steer(net.if_a, netns=net.ns_a)
+    s = Steer(net.if_host, netns=net.ns_host)
     progs = _progs(net)
     assert [(p["name"], p["id"], p["mode"]) for p in progs] == [("isolane_steer", s.prog_id, "skb")]
     assert s.mode == "skb" and s.attached and s.xsks_map_fd >= 0
@@ -160,13 +91,13 @@ def test_attach_and_detach_leave_nothing(net):
 
 
 def test_native_mode_on_veth_and_context_manager(net):
-    with Steer(net.if_a, netns=net.ns_a, mode="native") as s:
+    with Steer(net.if_host, netns=net.ns_host, mode="native") as s:
         assert [(p["mode"], p["id"]) for p in _progs(net)] == [("native", s.prog_id)]
     assert _progs(net) == []
 
 
 def test_dropped_object_detaches(net):
-    s = Steer(net.if_a, netns=net.ns_a)
+    s = Steer(net.if_host, netns=net.ns_host)
     del s
     import gc
     gc.collect()
@@ -175,7 +106,7 @@ def test_dropped_object_detaches(net):
 
 def test_crash_leftover_is_removed_on_start(net, steer):
     child = ("import os; from ebpf.steer import Steer; "
-             f"s = Steer({net.if_a!r}, netns={net.ns_a!r}, mode='native'); os._exit(0)")
+             f"s = Steer({net.if_host!r}, netns={net.ns_host!r}, mode='native'); os._exit(0)")
     subprocess.run([sys.executable, "-c", child], cwd=REPO, check=True, capture_output=True, timeout=60)
     left = _progs(net)
     assert [(p["name"], p["mode"]) for p in left] == [("isolane_steer", "native")]
@@ -189,8 +120,8 @@ def test_foreign_program_is_not_removed_silently(net, steer):
 
     other = BPF(text=b"int foreign_xdp(struct xdp_md *ctx) { return XDP_PASS; }")
     fn = other.load_func(b"foreign_xdp", BPF.XDP)
-    with steer_mod._in_netns(net.ns_a):
-        BPF.attach_xdp(net.if_a.encode(), fn, steer_mod.XDP_FLAGS_SKB_MODE)
+    with steer_mod._in_netns(net.ns_host):
+        BPF.attach_xdp(net.if_host.encode(), fn, steer_mod.XDP_FLAGS_SKB_MODE)
     try:
         with pytest.raises(ForeignProgramError, match="foreign_xdp.*xdpgeneric off"):
             steer()
@@ -198,9 +129,9 @@ def test_foreign_program_is_not_removed_silently(net, steer):
         s = steer(replace_foreign=True)
         assert [p["id"] for p in _progs(net)] == [s.prog_id]
     finally:
-        with steer_mod._in_netns(net.ns_a):
+        with steer_mod._in_netns(net.ns_host):
             if any(p["name"] == "foreign_xdp" for p in _progs(net)):
-                BPF.remove_xdp(net.if_a.encode(), steer_mod.XDP_FLAGS_SKB_MODE)
+                BPF.remove_xdp(net.if_host.encode(), steer_mod.XDP_FLAGS_SKB_MODE)
         other.cleanup()
 
 
@@ -213,16 +144,16 @@ def test_detach_leaves_a_successor_alone(net, steer):
 
 def test_errors_say_what_to_do(net):
     with pytest.raises(NoSuchInterfaceError, match="no interface 'islst-none'") as exc:
-        Steer("islst-none", netns=net.ns_a)
+        Steer("islst-none", netns=net.ns_host)
     assert isinstance(exc.value, BackendError)
     with pytest.raises(NoSuchInterfaceError, match="ip netns add"):
-        Steer(net.if_a, netns=f"islst-{os.getpid()}-missing")
+        Steer(net.if_host, netns=f"islst-{os.getpid()}-missing")
     with pytest.raises(steer_mod.BpffsMissingError, match="mount -t bpf"):
-        Steer(net.if_a, netns=net.ns_a, pin_dir="/tmp/islst-not-bpffs")
+        Steer(net.if_host, netns=net.ns_host, pin_dir="/tmp/islst-not-bpffs")
     with pytest.raises(steer_mod.ConfigError):
-        Steer(net.if_a, netns=net.ns_a, mode="turbo")
+        Steer(net.if_host, netns=net.ns_host, mode="turbo")
     # root without capabilities (bounding set cleared for the child)
-    child = f"from ebpf.steer import Steer; Steer({net.if_a!r}, netns={net.ns_a!r})"
+    child = f"from ebpf.steer import Steer; Steer({net.if_host!r}, netns={net.ns_host!r})"
     proc = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", child],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and NotPrivilegedError.__name__ in proc.stderr and "root" in proc.stderr
@@ -243,10 +174,10 @@ def test_arp_passed_and_answered(net, steer):
     s = steer()
     net.drain()
     before = s.stats()
-    net.send(Ether(src=net.mac_b, dst="ff:ff:ff:ff:ff:ff")
-             / ARP(op=1, hwsrc=net.mac_b, psrc=B_IP, pdst=A_IP))
+    net.send(Ether(src=net.mac_peer, dst="ff:ff:ff:ff:ff:ff")
+             / ARP(op=1, hwsrc=net.mac_peer, psrc=B_IP, pdst=A_IP))
     reply = net.expect(lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == A_IP)
-    assert reply is not None and reply[ARP].hwsrc == net.mac_a
+    assert reply is not None and reply[ARP].hwsrc == net.mac_host
     d = _delta(before, s.stats())
     assert d["passed_arp"] >= 1 and d["redirected"] == d["malformed"] == 0
 
@@ -328,7 +259,7 @@ def test_malformed_frames_counted(net, steer):
     assert d["redirected"] == d["fallback"] == 0
     # fragments and IPv6 are passed untouched
     net.send(net.eth() / IP(src=B_IP, dst=A_IP, flags="MF") / UDP(dport=5000) / (b"x" * 16))
-    net.send(Ether(src=net.mac_b, dst=net.mac_a, type=0x86DD) / (b"\x60" + b"\x00" * 39))
+    net.send(Ether(src=net.mac_peer, dst=net.mac_host, type=0x86DD) / (b"\x60" + b"\x00" * 39))
     assert _wait_stat(s, "passed_other", before["passed_other"] + 2) - before["passed_other"] >= 2
     assert s.stats()["fallback"] == before["fallback"]
 
@@ -398,7 +329,7 @@ class Xsk:
 def test_steered_udp_reaches_af_xdp_socket(net, steer, mode):
     s = steer(mode=mode)
     s.add_rule(A_IP, "udp", 5000)
-    xsk = Xsk(net.ns_a, net.if_a, 0)
+    xsk = Xsk(net.ns_host, net.if_host, 0)
     try:
         s.bind_xsk(0, xsk.sock.fileno())
         net.drain()
