@@ -29,7 +29,23 @@ def emit_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-def fail(message: str, code: int) -> None:
-    """Prints an error and exits with `code` (3: rejected, 1: failed)."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+def print_table(table) -> None:
+    """A rich table on stdout. Piped or captured, it keeps its natural width
+    (no ellipsis in a figure a script or a log reads); on a terminal rich
+    fits it to the window."""
+    from rich.measure import Measurement
+
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    natural = Measurement.get(stdout, stdout.options.update_width(1000), table).maximum
+    Console(width=max(stdout.width, natural)).print(table)  # print(width=) cannot exceed it
+
+
+def fail(message: str, code: int, detail: str | None = None) -> None:
+    """Prints an error and exits with `code` (3: rejected, 1: failed).
+    `detail` (a verifier log, say) follows verbatim: no markup, no wrapping."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if detail:
+        stderr.print(detail.rstrip(), markup=False, highlight=False, soft_wrap=True)
     raise click.exceptions.Exit(code)

@@ -1,4 +1,6 @@
-"""`isolane prog`: check and run tenant programs without a daemon.
+"""`isolane prog`: check and run tenant programs locally (no daemon); the
+daemon-backed `load|unload|list|show` live in control/prog_daemon.py and
+join this group at the bottom of this file.
 
 `check` compiles a tenant's restricted C with bcc, has the kernel verifier
 prove it safe, relocates and validates the bytecode and computes its static
@@ -15,6 +17,8 @@ import click
 from datapath.errors import IsolaneError
 
 from .output import emit_json, fail, stdout
+from .prog_daemon import COMMANDS as DAEMON_COMMANDS
+from .rpc_cli import wants_json
 
 EXIT_REJECTED = 3
 VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
@@ -42,14 +46,25 @@ def _hex(value: str, what: str) -> bytes:
 
 @click.group()
 def prog():
-    """Check and run tenant programs (XDP, restricted C)."""
+    """Tenant programs (XDP, restricted C): check and run them here, or load
+    them into a tenant through isolaned.
+
+    \b
+    Local (no daemon):     check, run
+    Through the daemon:    load, unload, list, show
+
+    \b
+    Examples:
+      isolane prog check tenants/udp_echo
+      isolane prog load web tenants/udp_echo --engine aot
+    """
 
 
 @prog.command()
 @click.argument("source", type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("--function", help="The handler function (default: the only XDP function).")
 @click.option("--loop-budget", type=int, help="Back edges a run may take (programs with loops).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-j", "--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(source, function, loop_budget, as_json):
     """Compile SOURCE, verify it in the kernel and print its bounds.
 
@@ -61,6 +76,7 @@ def check(source, function, loop_budget, as_json):
     """
     from ebpf.errors import VerifierError
 
+    as_json = wants_json(as_json)
     result = _build(source, function, loop_budget)
     if isinstance(result, VerifierError):
         if as_json:
@@ -166,7 +182,7 @@ def _run_raw(raw: pathlib.Path, mem: bytes, engine: str) -> dict:
               help="Runs to time (ns per run is their mean).")
 @click.option("--function", help="The handler function (default: the only XDP function).")
 @click.option("--loop-budget", type=int, help="Back edges a run may take.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-j", "--json", "as_json", is_flag=True, help="Machine-readable output.")
 def run(source, packet, pcap, raw, mem, engine, repeat, function, loop_budget, as_json):
     """Run a tenant program on packets, or raw bytecode on memory.
 
@@ -175,6 +191,7 @@ def run(source, packet, pcap, raw, mem, engine, repeat, function, loop_budget, a
     """
     if repeat < 1:
         raise click.BadParameter("--repeat must be >= 1")
+    as_json = wants_json(as_json)
     try:
         if raw:
             if source or packet or pcap:
@@ -207,3 +224,7 @@ def run(source, packet, pcap, raw, mem, engine, repeat, function, loop_budget, a
             if key == "ns_per_run":
                 shown = f"{value:.1f}"
             click.echo(f"  {key:<11} {shown}")
+
+
+for _command in DAEMON_COMMANDS:
+    prog.add_command(_command)

@@ -1,0 +1,194 @@
+"""`isolane stats` and `isolane top`: per-tenant figures from isolaned.
+
+    isolane stats [TENANT] [-j]
+    isolane top [--interval S] [--once] [-j]
+
+`stats` prints the daemon's counters once. `top` redraws a per-tenant table
+(rich.live) every interval: packets per second, each tenant's share of the
+cycles charged over the interval, budget balance, throttles and p99
+latency, until Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from .output import emit_json, print_table, stdout
+from .rpc_cli import daemon, json_option, wants_json
+
+
+def _n(value) -> str:
+    """Counters people read at a glance: 1234567 -> 1.23M."""
+    if value is None:
+        return "-"
+    value = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+
+
+def _us(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _latency(t: dict, key: str):
+    lat = t.get("latency_us")
+    return lat.get(key) if lat else None
+
+
+def _drops(t: dict) -> int:
+    return sum((t.get("drops") or {}).values())
+
+
+def describe_stats(t: dict) -> list[tuple[str, str]]:
+    """One tenant's stats as (label, text) lines, for `tenant show`."""
+    drops = t.get("drops") or {}
+    slow = t.get("slowpath") or {}
+    lat = t.get("latency_us")
+    return [
+        ("packets", f"rx {t.get('rx', 0)}  tx {t.get('tx', 0)}  passed {t.get('passed', 0)}  "
+                    f"completed {t.get('completed', 0)}  ({_n(t.get('pps'))} pps)"),
+        ("drops", f"{_drops(t)}" + (" (" + ", ".join(f"{k} {v}" for k, v in drops.items()
+                                                     if v) + ")" if _drops(t) else "")),
+        ("cycles", f"{t.get('cycles', 0)} charged, balance {t.get('balance_cycles', 0)}"),
+        ("throttles", str(t.get("throttles", 0))),
+        ("latency us", f"p50 {_us(lat['p50'])}  p99 {_us(lat['p99'])}  p99.9 {_us(lat['p999'])}"
+         if lat else "- (no packets yet)"),
+        ("slow path", f"delivered {slow.get('delivered', 0)}, dropped {slow.get('dropped', 0)}"),
+    ]
+
+
+@click.command()
+@click.argument("tenant_ref", metavar="[TENANT]", required=False)
+@json_option
+def stats(tenant_ref, as_json):
+    """Per-tenant packet, drop, cycle, budget and latency counters.
+
+    Without TENANT: every tenant you may see (admin: all).
+
+    \b
+    Examples:
+      isolane stats
+      isolane stats web -j | jq '.tenants[0].latency_us.p99'
+    """
+    ref = None if tenant_ref is None else (int(tenant_ref) if tenant_ref.isdigit()
+                                          else tenant_ref)
+    result = daemon(as_json)("stats", tenant=ref)
+    if wants_json(as_json):
+        emit_json(result)
+        return
+    table = Table(box=None, header_style="bold",
+                  caption=f"uptime {result.get('uptime_s', 0):.0f} s" + _global(result))
+    for col in ("ID", "TENANT", "RX", "TX", "PASSED", "DROPS", "PPS", "CYCLES", "BALANCE",
+                "THROTTLES", "P50 us", "P99 us", "P99.9 us"):
+        table.add_column(col, justify="left" if col == "TENANT" else "right")
+    for t in result.get("tenants", []):
+        table.add_row(str(t["id"]), escape(t["name"]), _n(t.get("rx")), _n(t.get("tx")),
+                      _n(t.get("passed")), _n(_drops(t)), _n(t.get("pps")), _n(t.get("cycles")),
+                      _n(t.get("balance_cycles")), _n(t.get("throttles")),
+                      _us(_latency(t, "p50")), _us(_latency(t, "p99")),
+                      _us(_latency(t, "p999")))
+    if not result.get("tenants"):
+        stdout.print("no tenants")
+        return
+    print_table(table)
+
+
+def _global(result: dict) -> str:
+    g = result.get("global") or {}
+    return ("; " + ", ".join(f"{k} {v}" for k, v in g.items())) if g else ""
+
+
+class TopView:
+    """Turns successive `stats` answers into top's rows. A tenant's share of
+    cycles is its part of all cycles charged since the previous sample
+    (since the daemon started, on the first), so it shows who holds the
+    cores now rather than who held them an hour ago."""
+
+    def __init__(self):
+        self._last: dict[int, int] = {}
+
+    def rows(self, result: dict) -> list[dict]:
+        tenants = result.get("tenants", [])
+        deltas = {t["id"]: max(0, t.get("cycles", 0) - self._last.get(t["id"], 0))
+                  for t in tenants}
+        total = sum(deltas.values())
+        self._last = {t["id"]: t.get("cycles", 0) for t in tenants}
+        return [{"id": t["id"], "name": t["name"], "pps": t.get("pps"),
+                 "cycle_share": deltas[t["id"]] / total if total else 0.0,
+                 "balance_cycles": t.get("balance_cycles"), "throttles": t.get("throttles"),
+                 "drops": _drops(t), "p99_us": _latency(t, "p99")} for t in tenants]
+
+    @staticmethod
+    def table(rows: list[dict], result: dict, interval_s: float) -> Table:
+        table = Table(title=f"isolane top - every {interval_s:g} s, uptime "
+                            f"{result.get('uptime_s', 0):.0f} s (Ctrl-C quits)",
+                      header_style="bold", title_justify="left", expand=False)
+        for col in ("ID", "TENANT", "PPS", "CYCLES %", "BALANCE", "THROTTLES", "DROPS",
+                    "P99 us"):
+            table.add_column(col, justify="left" if col == "TENANT" else "right")
+        for r in rows:
+            table.add_row(str(r["id"]), escape(r["name"]), _n(r["pps"]),
+                          f"{100 * r['cycle_share']:.1f}", _n(r["balance_cycles"]),
+                          _n(r["throttles"]), _n(r["drops"]), _us(r["p99_us"]))
+        if not rows:
+            table.add_row("", "no tenants", *[""] * 6)
+        return table
+
+
+@click.command()
+@click.option("--interval", "-i", "interval_s", type=click.FloatRange(min=0.05), default=1.0,
+              show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and tests).")
+@json_option
+def top(interval_s, once, as_json):
+    """A live per-tenant view: pps, share of cycles, budget balance,
+    throttles, drops and p99 latency, refreshed every --interval seconds.
+
+    CYCLES % is each tenant's part of the cycles charged since the previous
+    refresh. With -j every refresh is one JSON object per line. Ctrl-C quits.
+
+    \b
+    Examples:
+      isolane top
+      isolane top --interval 0.5
+      isolane top --once -j
+    """
+    as_json = wants_json(as_json)
+    call = daemon(as_json)
+    view = TopView()
+    try:
+        if once or as_json:
+            while True:
+                result = call("stats")
+                rows = view.rows(result)
+                if as_json:
+                    print(json.dumps({"uptime_s": result.get("uptime_s"), "tenants": rows}),
+                          flush=True)
+                else:
+                    print_table(view.table(rows, result, interval_s))
+                if once:
+                    return
+                time.sleep(interval_s)
+        result = call("stats")
+        with Live(view.table(view.rows(result), result, interval_s), console=stdout,
+                  auto_refresh=False) as live:
+            while True:
+                time.sleep(interval_s)
+                result = call("stats")
+                live.update(view.table(view.rows(result), result, interval_s), refresh=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how top ends: exit 0, the last frame stays on screen
+    except BrokenPipeError:  # `isolane top -j | head -1`: the reader has gone, so do we
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+    finally:
+        call.close()
