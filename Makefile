@@ -21,7 +21,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 APT_PACKAGES := build-essential python3-venv python3-dev python3-bpfcc \
 	libbpfcc-dev bpfcc-tools libxdp-dev libbpf-dev clang llvm \
-	linux-headers-amd64 bpftool iproute2 iputils-ping pkg-config libelf-dev zlib1g-dev
+	linux-headers-amd64 bpftool iproute2 iputils-ping pkg-config libelf-dev zlib1g-dev ruby
 
 KREL := $(shell uname -r)
 KMOD := /lib/modules/$(KREL)
