@@ -28,8 +28,9 @@ def status(as_json):
     Anyone may ask. Exit status 4 when no daemon answers on the socket.
 
     \b
-    Example:
-      isolane --socket /run/isolane/isolaned.sock daemon status -j
+    Examples:
+      isolane daemon status
+      isolane --socket /tmp/isolaned.sock daemon status -j
     """
     st = daemon_call(as_json)("daemon.status")
     if wants_json(as_json):
