@@ -1,0 +1,221 @@
+"""The daemon's hold on the data plane: one Datapath, its backend (the mem
+generator idling, or one AF_XDP socket behind the steering program) and the
+tenant slow path, every call serialised by one lock.
+
+Tenants cannot be removed from a running Datapath yet (no DP_CMD for it):
+a deleted tenant is *retired* — its rules are withdrawn, so no packet
+reaches it, its program is unloaded and its handler set to drop — and its
+slot stays taken until the daemon restarts.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from datapath import Datapath, Flow, Rule, TenantConfig
+from datapath.errors import ConfigError
+
+log = logging.getLogger("isolaned.plane")
+
+IDLE_FOREVER_S = 1e9  # ~31 years: the mem backend's generator never ends
+
+
+class Plane:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.dp = Datapath(policy=cfg.policy, work_conserving=cfg.work_conserving,
+                           refill_us=cfg.refill_us, quantum_us=cfg.quantum_us,
+                           core=cfg.fastpath_core)
+        self.retired: set[int] = set()
+        self.programs: dict[int, object] = {}  # tenant -> engine program (kept alive)
+        self.rules: dict[int, list[dict]] = {}
+        self.steer = None
+        self.slowpath = None
+        self._rates: dict[int, tuple[float, int, float]] = {}  # tenant -> (t, rx, pps)
+        self.started_at = time.time()
+
+    # ---- backend
+
+    def open_backend(self) -> None:
+        if self.cfg.backend == "mem":
+            self._idle_mem_backend()
+        else:
+            self._afxdp_backend()
+
+    def _idle_mem_backend(self) -> None:
+        """The mem backend with no traffic: what a daemon without a NIC runs
+        (development, tests, the control plane's own benchmarks)."""
+        core = self.cfg.generator_core
+        try:
+            self.dp.use_mem_backend([], duration_s=IDLE_FOREVER_S, core=core)
+            return
+        except ConfigError:
+            pass
+        # This datapath refuses a generator without flows: one flow that is
+        # due once in ~11 days (Poisson, 1e-6 pps) of a frame no rule matches.
+        dormant = Flow(frame=b"\xff" * 12 + b"\x88\xb5" + bytes(46), rate_pps=1e-6)
+        self.dp.use_mem_backend([dormant], duration_s=IDLE_FOREVER_S, core=core)
+        log.debug("mem backend: one dormant flow (the datapath needs >= 1 flow)")
+
+    def _afxdp_backend(self) -> None:
+        from ebpf.steer import Steer
+
+        iface = self.cfg.interfaces[0]
+        queue = iface.queues[0]
+        self.dp.use_afxdp_backend(iface.ifname, queue, netns=iface.netns)
+        self.steer = Steer(iface.ifname, netns=iface.netns, mode=iface.mode)
+        self.steer.bind_xsk(queue, self.dp.afxdp_fd)
+        log.info("afxdp on %s queue %d (steering in %s mode)", iface.ifname, queue,
+                 self.steer.mode)
+
+    def start(self) -> None:
+        with self.lock:
+            self.dp.start()
+
+    def attach_slowpath(self, state_dir) -> None:
+        """HOOK (issue 6 item 4): the tenant slow path, when control/slowpath.py
+        provides `SlowPathHub(datapath, state_dir)` with add_tenant(id, name,
+        uid, gid), remove_tenant(id) and close()."""
+        try:
+            from control.slowpath import SlowPathHub
+        except ImportError:
+            log.info("no control.slowpath.SlowPathHub: tenants have no slow path endpoint")
+            return
+        self.slowpath = SlowPathHub(self.dp, state_dir)
+
+    # ---- tenants
+
+    @staticmethod
+    def tenant_config(t: dict) -> TenantConfig:
+        return TenantConfig(handler=t["handler"], queue_cap=t["queue_cap"], share=t["share"],
+                            cap_us=t["cap_us"])
+
+    def free_id(self, taken: set[int]) -> int | None:
+        from datapath._dp import lib
+
+        for i in range(1, lib.DP_MAX_TENANTS):
+            if i not in taken and i not in self.retired and i not in self.dp.tenants:
+                return i
+        return None
+
+    def add_tenant(self, t: dict) -> None:
+        with self.lock:
+            if t["id"] in self.retired:
+                raise ConfigError(f"tenant id {t['id']} belonged to a deleted tenant; the "
+                                  "datapath frees its slot when isolaned restarts")
+            self.dp.add_tenant(t["id"], self.tenant_config(t))
+            try:
+                self._set_rules({**self.rules, t["id"]: t.get("rules", [])})
+            except Exception:
+                self._retire(t["id"])
+                raise
+            if self.slowpath is not None:
+                self.slowpath.add_tenant(t["id"], t["name"], t.get("owner_uid"),
+                                         t.get("owner_gid"))
+
+    def set_tenant(self, tid: int, t: dict, rules: list[dict] | None) -> None:
+        with self.lock:
+            old = self.dp.tenants[tid]
+            new = self.tenant_config(t)
+            if new.queue_cap != old.queue_cap:
+                raise ConfigError("queue_cap cannot change while the datapath runs (its queue "
+                                  "is not resized under the loop): delete and re-add the tenant")
+            self.dp.set_tenant(tid, handler=new.handler, share=new.share, cap_us=new.cap_us)
+            if rules is not None:
+                try:
+                    self._set_rules({**self.rules, tid: rules})
+                except Exception:
+                    self.dp.set_tenant(tid, handler=old.handler, share=old.share,
+                                       cap_us=old.cap_us)
+                    raise
+
+    def retire_tenant(self, tid: int) -> None:
+        with self.lock:
+            rules = {k: v for k, v in self.rules.items() if k != tid}
+            self._set_rules(rules)
+            self._retire(tid)
+
+    def _retire(self, tid: int) -> None:
+        if tid in self.programs:
+            self.dp.clear_program(tid)
+            self.programs.pop(tid, None)
+        if tid in self.dp.tenants:
+            self.dp.set_tenant(tid, handler="drop")
+            self.retired.add(tid)
+        self.rules.pop(tid, None)
+        self._rates.pop(tid, None)
+        if self.slowpath is not None:
+            try:
+                self.slowpath.remove_tenant(tid)
+            except Exception as e:
+                log.warning("slow path: removing tenant %d: %s", tid, e)
+
+    def _set_rules(self, by_tenant: dict[int, list[dict]]) -> None:
+        """Installs every live tenant's rules at once (the classifier is
+        replaced atomically), and on afxdp the steering rules they need."""
+        rules = [Rule(tenant=tid, **r) for tid, rs in sorted(by_tenant.items()) for r in rs]
+        if self.steer is not None:
+            self._sync_steer(by_tenant)
+        self.dp.set_rules(rules)
+        self.rules = {tid: list(rs) for tid, rs in by_tenant.items()}
+
+    def _sync_steer(self, by_tenant) -> None:
+        def key(r):
+            return (r.get("ip_dst"), r.get("proto"), r.get("dport"))
+
+        want = {key(r) for rs in by_tenant.values() for r in rs}
+        have = {key(r) for rs in self.rules.values() for r in rs}
+        for k in want - have:
+            self.steer.add_rule(*k)
+        for k in have - want:
+            self.steer.remove_rule(*k)
+
+    # ---- programs
+
+    def set_program(self, tid: int, engine_program, bound_ns: int) -> None:
+        with self.lock:
+            self.dp.set_program(tid, engine_program, bound_ns=bound_ns)
+            self.programs[tid] = engine_program
+
+    def clear_program(self, tid: int) -> None:
+        with self.lock:
+            self.dp.clear_program(tid)
+            self.programs.pop(tid, None)
+
+    # ---- observation (reads need no lock: the C side reads counters racily but safely)
+
+    def tenant_stats(self, tid: int, latency: bool = True):
+        st = self.dp.tenant_stats(tid, latency=latency)
+        now = time.monotonic()
+        prev = self._rates.get(tid)
+        if prev is None:
+            self._rates[tid] = (now, st.rx, 0.0)
+            pps = 0.0
+        elif now - prev[0] >= 1.0:
+            pps = (st.rx - prev[1]) / (now - prev[0])
+            self._rates[tid] = (now, st.rx, pps)
+        else:
+            pps = prev[2]
+        return st, pps
+
+    def sample_rates(self) -> None:
+        """Called once a second so `pps` covers the last second."""
+        for tid in list(self.dp.tenants):
+            if tid not in self.retired:
+                self.tenant_stats(tid, latency=False)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.slowpath is not None:
+                try:
+                    self.slowpath.close()
+                except Exception as e:
+                    log.warning("slow path: close: %s", e)
+            try:
+                if self.steer is not None:
+                    self.steer.detach()  # the interface's traffic goes back to the kernel
+            finally:
+                self.dp.stop()
+                self.dp.close()
