@@ -86,14 +86,17 @@ def stats(tenant_ref, as_json):
         emit_json(result)
         return
     table = Table(box=None, header_style="bold",
-                  caption=f"uptime {result.get('uptime_s', 0):.0f} s" + _global(result))
-    for col in ("ID", "TENANT", "RX", "TX", "PASSED", "DROPS", "PPS", "CYCLES", "BALANCE",
-                "THROTTLES", "P50 us", "P99 us", "P99.9 us"):
+                  caption=f"uptime {result.get('uptime_s', 0):.0f} s{_global(result)}")
+    tsc_hz = _tsc_hz(result)
+    for col in ("ID", "TENANT", "RX", "TX", "PASSED", "DROPS", "PPS", "CYCLES",
+                "BALANCE us" if tsc_hz else "BALANCE", "THROTTLES", "P50 us", "P99 us",
+                "P99.9 us"):
         table.add_column(col, justify="left" if col == "TENANT" else "right")
     for t in result.get("tenants", []):
         table.add_row(str(t["id"]), escape(t["name"]), _n(t.get("rx")), _n(t.get("tx")),
                       _n(t.get("passed")), _n(_drops(t)), _n(t.get("pps")), _n(t.get("cycles")),
-                      _n(t.get("balance_cycles")), _n(t.get("throttles")),
+                      _us(_balance_us(t, tsc_hz)) if tsc_hz else _n(t.get("balance_cycles")),
+                      _n(t.get("throttles")),
                       _us(_latency(t, "p50")), _us(_latency(t, "p99")),
                       _us(_latency(t, "p999")))
     if not result.get("tenants"):
@@ -104,43 +107,71 @@ def stats(tenant_ref, as_json):
 
 def _global(result: dict) -> str:
     g = result.get("global") or {}
-    return ("; " + ", ".join(f"{k} {v}" for k, v in g.items())) if g else ""
+    shown = {k: g[k] for k in ("stalls", "malformed", "unknown") if k in g}
+    return "".join(f", {k} {v}" for k, v in shown.items())
+
+
+def _tsc_hz(result: dict) -> float | None:
+    hz = (result.get("global") or {}).get("tsc_hz")
+    return float(hz) if hz else None
+
+
+def _balance_us(t: dict, tsc_hz: float | None):
+    b = t.get("balance_cycles")
+    return None if b is None or not tsc_hz else b / tsc_hz * 1e6
 
 
 class TopView:
-    """Turns successive `stats` answers into top's rows. A tenant's share of
-    cycles is its part of all cycles charged since the previous sample
-    (since the daemon started, on the first), so it shows who holds the
-    cores now rather than who held them an hour ago."""
+    """Turns successive `stats` answers into top's rows.
+
+    Both cycle columns look at the cycles charged since the previous sample
+    (since the daemon started, on the first), so they show who holds the
+    core now rather than who held it an hour ago: `cycle_share` is a
+    tenant's part of all tenants' cycles, `core_share` its part of the
+    core's time (the daemon's TSC rate and uptime), to compare with the
+    share it was given."""
 
     def __init__(self):
-        self._last: dict[int, int] = {}
+        self._cycles: dict[int, int] = {}
+        self._uptime_s = 0.0
 
     def rows(self, result: dict) -> list[dict]:
         tenants = result.get("tenants", [])
-        deltas = {t["id"]: max(0, t.get("cycles", 0) - self._last.get(t["id"], 0))
+        tsc_hz = _tsc_hz(result)
+        deltas = {t["id"]: max(0, t.get("cycles", 0) - self._cycles.get(t["id"], 0))
                   for t in tenants}
         total = sum(deltas.values())
-        self._last = {t["id"]: t.get("cycles", 0) for t in tenants}
+        uptime_s = result.get("uptime_s") or 0.0
+        elapsed_cycles = (uptime_s - self._uptime_s) * tsc_hz if tsc_hz else 0.0
+        self._cycles = {t["id"]: t.get("cycles", 0) for t in tenants}
+        self._uptime_s = uptime_s
         return [{"id": t["id"], "name": t["name"], "pps": t.get("pps"),
                  "cycle_share": deltas[t["id"]] / total if total else 0.0,
-                 "balance_cycles": t.get("balance_cycles"), "throttles": t.get("throttles"),
+                 "core_share": deltas[t["id"]] / elapsed_cycles if elapsed_cycles > 0 else None,
+                 "balance_cycles": t.get("balance_cycles"),
+                 "balance_us": _balance_us(t, tsc_hz), "throttles": t.get("throttles"),
                  "drops": _drops(t), "p99_us": _latency(t, "p99")} for t in tenants]
 
     @staticmethod
     def table(rows: list[dict], result: dict, interval_s: float) -> Table:
         table = Table(title=f"isolane top - every {interval_s:g} s, uptime "
-                            f"{result.get('uptime_s', 0):.0f} s (Ctrl-C quits)",
-                      header_style="bold", title_justify="left", expand=False)
-        for col in ("ID", "TENANT", "PPS", "CYCLES %", "BALANCE", "THROTTLES", "DROPS",
-                    "P99 us"):
+                            f"{result.get('uptime_s', 0):.0f} s",
+                      caption=_global(result).lstrip(", ") + " - Ctrl-C quits",
+                      header_style="bold", title_justify="left", caption_justify="left",
+                      expand=False)
+        cols = ("ID", "TENANT", "PPS", "CYCLES %", "CORE %", "BALANCE us", "THROTTLES", "DROPS",
+                "P99 us")
+        for col in cols:
             table.add_column(col, justify="left" if col == "TENANT" else "right")
         for r in rows:
+            core = "-" if r["core_share"] is None else f"{100 * r['core_share']:.1f}"
+            balance = (_us(r["balance_us"]) if r["balance_us"] is not None
+                       else _n(r["balance_cycles"]) + " cyc")
             table.add_row(str(r["id"]), escape(r["name"]), _n(r["pps"]),
-                          f"{100 * r['cycle_share']:.1f}", _n(r["balance_cycles"]),
+                          f"{100 * r['cycle_share']:.1f}", core, balance,
                           _n(r["throttles"]), _n(r["drops"]), _us(r["p99_us"]))
         if not rows:
-            table.add_row("", "no tenants", *[""] * 6)
+            table.add_row("", "no tenants", *[""] * (len(cols) - 2))
         return table
 
 
@@ -153,8 +184,11 @@ def top(interval_s, once, as_json):
     """A live per-tenant view: pps, share of cycles, budget balance,
     throttles, drops and p99 latency, refreshed every --interval seconds.
 
-    CYCLES % is each tenant's part of the cycles charged since the previous
-    refresh. With -j every refresh is one JSON object per line. Ctrl-C quits.
+    Since the previous refresh: CYCLES % is each tenant's part of the
+    cycles charged to tenants, CORE % its part of the fast-path core's time
+    (compare with its --share). BALANCE us is the budget it holds now
+    (negative: a debt it pays back before it runs again). With -j every
+    refresh is one JSON object per line. Ctrl-C quits.
 
     \b
     Examples:

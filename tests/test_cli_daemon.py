@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +33,15 @@ BAD_C = ("int bad(struct xdp_md *ctx) {\n"
 
 
 @pytest.fixture(scope="module")
-def isolaned(tmp_path_factory):
-    """A real isolaned on a unix socket in a temporary directory; its socket path."""
+def isolaned():
+    """A real isolaned on a unix socket in a temporary directory; its socket path.
+    The directory is open to everyone (pytest's are 0700) so that the CLI run
+    as another user reaches the socket and the daemon, not the file mode,
+    decides what it may do."""
     if os.geteuid() != 0:
         pytest.skip("isolaned verifies programs in the kernel: needs root")
-    tmp = tmp_path_factory.mktemp("clid")
+    tmp = Path(tempfile.mkdtemp(prefix="isl-cli-"))
+    tmp.chmod(0o755)
     sock = tmp / "isolaned.sock"
     config = tmp / "isolaned.toml"
     config.write_text(f'[daemon]\nstate_dir = "{tmp / "state"}"\nsocket = "{sock}"\n'
@@ -64,6 +70,7 @@ def isolaned(tmp_path_factory):
         proc.kill()
         proc.wait()
     log.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def isolane(sock, *args):
@@ -171,7 +178,7 @@ def test_not_admin_is_told_permission_denied(isolaned, tmp_path):
 # ---- programs
 
 def test_prog_load_list_show_unload(isolaned):
-    assert add(isolaned, "cli-echo", "--rule", "ip=10.99.0.2,proto=udp,port=7").exit_code == 0
+    assert add(isolaned, "cli-echo", "--rule", "ip=10.99.0.2,proto=udp,port=17").exit_code == 0
     try:
         loaded = as_json(isolane(isolaned, "prog", "load", "cli-echo", TENANTS / "udp_echo", "-j"))
         assert loaded["tenant"] == "cli-echo" and loaded["name"] == "udp_echo"
