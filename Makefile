@@ -32,9 +32,15 @@ EXT_SUFFIX := $(shell $(SYS_PYTHON) -c 'import sysconfig; print(sysconfig.get_co
 DP_EXT     := datapath/$(DP_MODULE)$(EXT_SUFFIX)
 DP_SOURCES := datapath/build.py $(wildcard datapath/include/*.h datapath/src/*.c datapath/src/*.h)
 
+# The load generator's C loops (bench/loadgen/build.py), built beside them;
+# they share the datapath's probe header and TSC calibration.
+LG_EXT     := bench/loadgen/_loadgen$(EXT_SUFFIX)
+LG_SOURCES := bench/loadgen/build.py datapath/include/isolane_dp.h datapath/src/tsc.c \
+	$(filter-out bench/loadgen/_loadgen.c,$(wildcard bench/loadgen/*.c bench/loadgen/*.h))
+
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt kernel-headers bpffs venv build dp-ext test test-asan demo bench clean distclean
+.PHONY: help setup apt kernel-headers bpffs venv build dp-ext lg-ext test test-asan demo bench clean distclean
 
 help:
 	@echo "isolane make targets:"
@@ -42,7 +48,7 @@ help:
 	@echo "  test       set-up + build, then the test suite (PYTEST_ARGS=... passed to pytest)"
 	@echo "  test-asan  the test suite against an AddressSanitizer build"
 	@echo "  setup      apt packages, kernel-header links for bcc, bpffs, $(VENV)"
-	@echo "  build      rebuild the cffi extension (datapath/$(DP_MODULE)*.so) after C changes"
+	@echo "  build      rebuild the cffi extensions (datapath/$(DP_MODULE)*.so, bench/loadgen/_loadgen*.so) after C changes"
 	@echo "  bench      contagion + throughput benchmarks, JSON into $(RESULTS)/"
 	@echo "  clean      remove build products (keeps $(VENV) and $(RESULTS))"
 	@echo "  distclean  clean, and remove $(VENV) and $(RESULTS)"
@@ -113,7 +119,7 @@ $(VENV)/.stamp-install: pyproject.toml setup.py | $(STAMPS)/apt
 # A sub-make, so EXT_SUFFIX is read from a python3 that set-up may only just
 # have installed (a minimal Debian image has none when this file is parsed).
 build: venv
-	@$(MAKE) --no-print-directory dp-ext
+	@$(MAKE) --no-print-directory dp-ext lg-ext
 
 dp-ext: $(DP_EXT)
 	@:
@@ -124,6 +130,14 @@ $(DP_EXT): $(DP_SOURCES) | $(VENV)/.stamp-install
 	rm -f datapath/$(DP_MODULE).*.so
 	$(PY) datapath/build.py
 	@test -f $@ || { echo "build: datapath/build.py did not produce $@ (check DP_MODULE)" >&2; exit 1; }
+
+lg-ext: $(LG_EXT)
+	@:
+
+$(LG_EXT): $(LG_SOURCES) | $(VENV)/.stamp-install
+	rm -f bench/loadgen/_loadgen.*.so
+	$(PY) bench/loadgen/build.py
+	@test -f $@ || { echo "build: bench/loadgen/build.py did not produce $@" >&2; exit 1; }
 
 # ---------------------------------------------------------------- run
 
@@ -147,12 +161,15 @@ bench: setup build
 	$(PY) bench/contagion.py --json $(RESULTS)/contagion.json
 	$(PY) bench/throughput.py --json $(RESULTS)/throughput.json
 	$(PY) bench/progtax.py --json $(RESULTS)/progtax.json
+	$(PY) bench/afxdp_rate.py --json $(RESULTS)/afxdp_rate.json
 
 # ---------------------------------------------------------------- clean
 
 clean:
 	rm -f datapath/$(DP_MODULE).*.so datapath/$(DP_MODULE).c datapath/$(DP_MODULE).o
 	find datapath -name '*.o' -delete
+	rm -f bench/loadgen/_loadgen.*.so bench/loadgen/_loadgen.c
+	find bench/loadgen -name '*.o' -delete
 	if [ -d build ]; then find build -mindepth 1 -maxdepth 1 ! -name results ! -name stamps -exec rm -rf {} +; fi
 	rm -rf *.egg-info .pytest_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
