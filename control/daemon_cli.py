@@ -37,8 +37,8 @@ def status(as_json):
         emit_json(st)
         return
     caller = st.get("caller") or {}
-    interfaces = ", ".join(f"{i['ifname']} ({i['queues']} queue{'s' * (i['queues'] != 1)}, "
-                           f"{i['mode']})" for i in st.get("interfaces") or []) or "-"
+    interfaces = ", ".join(f"{i['ifname']} ({_queues(i.get('queues'))}, {i.get('mode')})"
+                           for i in st.get("interfaces") or []) or "-"
     lines = [
         ("version", str(st.get("version"))),
         ("pid", str(st.get("pid"))),
@@ -58,3 +58,10 @@ def status(as_json):
     stdout.print("[bold green]isolaned running[/]")
     for key, value in lines:
         stdout.print(f"  {key:<11} {escape(value)}", highlight=False)
+
+
+def _queues(queues) -> str:
+    """The daemon lists queue indexes ([0, 1]); a bare count reads as one."""
+    if isinstance(queues, list):
+        return f"queue{'s' * (len(queues) != 1)} {','.join(map(str, queues))}"
+    return f"{queues} queue{'s' * (queues != 1)}"

@@ -14,8 +14,6 @@ import pathlib
 
 import click
 
-from datapath.errors import IsolaneError
-
 from .output import emit_json, fail, stdout
 from .prog_daemon import COMMANDS as DAEMON_COMMANDS
 from .rpc_cli import wants_json
@@ -26,6 +24,7 @@ VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP
 
 def _build(path: pathlib.Path, function: str | None, loop_budget: int | None):
     """The verified, relocated program, or exit 3 with the verifier's reason."""
+    from datapath.errors import IsolaneError
     from ebpf import build
     from ebpf.errors import VerifierError
 
@@ -189,6 +188,8 @@ def run(source, packet, pcap, raw, mem, engine, repeat, function, loop_budget, a
     SOURCE is a tenant's .c file or folder. The interpreter reports the
     instructions it executed; --repeat N times N runs (ns per run).
     """
+    from datapath.errors import IsolaneError  # here: the daemon's commands need no datapath
+
     if repeat < 1:
         raise click.BadParameter("--repeat must be >= 1")
     as_json = wants_json(as_json)

@@ -79,6 +79,13 @@ def isolane(sock, *args):
                               catch_exceptions=False)
 
 
+def as_nobody(sock, *args):
+    """The CLI as a subprocess run by `nobody` (uid 65534, no other groups)."""
+    return subprocess.run([str(ISOLANE), "--socket", sock, *[str(a) for a in args]],
+                          capture_output=True, text=True, user=65534, group=65534,
+                          extra_groups=[], cwd="/", timeout=120)
+
+
 def as_json(result):
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)
@@ -164,15 +171,38 @@ def test_daemon_errors_exit_1_with_the_daemons_message(isolaned):
     assert isolane(isolaned, "tenant", "del", "cli-twice").exit_code == 1
 
 
-def test_not_admin_is_told_permission_denied(isolaned, tmp_path):
+def test_not_admin_is_told_permission_denied(isolaned):
     """A user outside the admin group may not add tenants: exit 1, and the
     daemon's reason on stderr (the CLI run as `nobody`)."""
-    r = subprocess.run([str(ISOLANE), "--socket", isolaned, "tenant", "add", "cli-nope",
-                        "--owner", "root", "--share", "0.1", "--cap-us", "5"],
-                       capture_output=True, text=True, user=65534, group=65534,
-                       extra_groups=[], cwd=tmp_path, timeout=60)
+    r = as_nobody(isolaned, "tenant", "add", "cli-nope", "--owner", "root", "--share", "0.1",
+                  "--cap-us", "5")
     assert r.returncode == 1, r.stderr
     assert "permission denied" in r.stderr.lower()
+
+
+def test_a_tenant_owner_loads_its_own_program_and_sees_only_its_tenant(isolaned):
+    assert add(isolaned, "cli-mine").exit_code == 0  # owned by root
+    r = isolane(isolaned, "tenant", "add", "cli-theirs", "--owner", "uid:65534",
+                "--share", "0.2", "--cap-us", "20")
+    assert r.exit_code == 0, r.stderr
+    try:
+        listed = as_nobody(isolaned, "tenant", "list", "-j")
+        assert listed.returncode == 0, listed.stderr
+        assert [t["name"] for t in json.loads(listed.stdout)] == ["cli-theirs"]
+        loaded = as_nobody(isolaned, "prog", "load", "cli-theirs", TENANTS / "hasher", "-j")
+        assert loaded.returncode == 0, loaded.stderr
+        p = json.loads(loaded.stdout)
+        assert p["name"] == "hasher" and p["bound_insns"] > 1024  # tenant.toml's loop budget
+        other = as_nobody(isolaned, "prog", "load", "cli-mine", TENANTS / "udp_echo")
+        assert other.returncode == 1 and "cli-mine" in other.stderr
+        st = as_nobody(isolaned, "stats", "-j")
+        assert [t["name"] for t in json.loads(st.stdout)["tenants"]] == ["cli-theirs"]
+        status = json.loads(as_nobody(isolaned, "daemon", "status", "-j").stdout)
+        assert status["caller"]["role"] == "tenant" and status["caller"]["tenants"] == \
+            ["cli-theirs"]
+    finally:
+        isolane(isolaned, "tenant", "del", "cli-theirs")
+        isolane(isolaned, "tenant", "del", "cli-mine")
 
 
 # ---- programs
