@@ -187,33 +187,62 @@ class Datapath:
         check(lib.dp_backend_mem(self._dp, cfg, cflows, len(flows)), "setting up the mem backend")
         self.flows = list(flows)
 
-    def use_afxdp_backend(self, ifname: str, queue: int = 0, n_frames: int = 4096,
-                          ring_size: int = 2048, *, netns: str | None = None,
-                          zerocopy: bool = False) -> None:
-        """Packets from queue `queue` of interface `ifname` through one AF_XDP
-        socket (see backend_afxdp.c), in copy mode unless `zerocopy`. The
-        interface is looked up in this thread's network namespace, or in
+    def use_afxdp_backend(self, ifname: str, queue: int = 0, n_frames: int | None = None,
+                          ring_size: int = 2048, *, queues: list[int] | None = None,
+                          mode: str = "auto", zerocopy: bool | str = "auto",
+                          need_wakeup: bool = True, netns: str | None = None) -> None:
+        """Packets from interface `ifname` through AF_XDP (see backend_afxdp.c):
+        one socket on queue `queue`, or one per queue of `queues`, all on one
+        UMEM of `n_frames` frames (default: enough for every socket's rings).
+        The loop polls the sockets round robin; a reply leaves on the socket
+        its request came in on.
+
+        mode: "native" (the XDP program in the driver: BackendError if the
+        driver has no native XDP), "skb" (generic XDP, every driver), "auto"
+        (native where the driver has it). zerocopy: True (BackendError if the
+        driver has no AF_XDP zero-copy; needs native), False (copy), "auto"
+        (zero-copy where the driver has it). `afxdp_xdp_mode` is the mode
+        chosen, the one to attach the steering program in; `afxdp_stats()`
+        says what each socket got.
+
+        The interface is looked up in this thread's network namespace, or in
         `netns` (a name under /run/netns) when given. Nothing is steered to
-        the socket until its fd (`afxdp_fd`) is in the steering program's
-        XSKMAP: `Steer.bind_xsk(queue, dp.afxdp_fd)`."""
+        the sockets until their fds are in the steering program's XSKMAP:
+        `Steer.bind_xsks(dp.afxdp_fds())`."""
         from .errors import BackendError
 
         def pow2(v):
             return v > 0 and not v & (v - 1)
 
-        if not (pow2(n_frames) and pow2(ring_size) and ring_size >= 8 and n_frames >= 2 * ring_size):
+        qs = [queue] if queues is None else list(queues)
+        if not qs or len(qs) > lib.DP_AFXDP_MAX_QUEUES:
+            raise ConfigError(f"queues: 1..{lib.DP_AFXDP_MAX_QUEUES} queue indexes, not {qs!r}")
+        if any(not isinstance(q, int) or not 0 <= q < 2**32 for q in qs) or len(set(qs)) < len(qs):
+            raise ConfigError(f"queues must be distinct queue indexes >= 0, not {qs!r}")
+        if n_frames is None:
+            n_frames = max(4096, 1 << (2 * ring_size * len(qs) - 1).bit_length())
+        if not (pow2(n_frames) and pow2(ring_size) and ring_size >= 8
+                and n_frames >= 2 * ring_size * len(qs)):
             raise ConfigError(f"n_frames ({n_frames}) and ring_size ({ring_size}) must be powers "
-                              "of two, ring_size >= 8 and n_frames >= 2 * ring_size")
-        if not 0 <= queue < 2**32:
-            raise ConfigError(f"queue must be a queue index >= 0, not {queue}")
+                              "of two, ring_size >= 8 and n_frames >= 2 * ring_size * sockets "
+                              f"({len(qs)})")
+        modes = {"auto": 0, "skb": lib.DP_AFXDP_SKB, "native": lib.DP_AFXDP_NATIVE}
+        zcs = {"auto": 0, True: lib.DP_AFXDP_ZEROCOPY, False: lib.DP_AFXDP_COPY}
+        if mode not in modes:
+            raise ConfigError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
+        if not any(zerocopy is k or zerocopy == k == "auto" for k in zcs):
+            raise ConfigError(f"zerocopy must be True, False or 'auto', not {zerocopy!r}")
         cfg = ffi.new("struct dp_afxdp_config *")
         name = ffi.new("char[]", ifname.encode())
+        cqueues = ffi.new("uint32_t[]", qs)
         cfg.ifname = name
-        cfg.queue = queue
+        cfg.queue = qs[0]
+        cfg.n_queues = len(qs)
+        cfg.queues = cqueues
         cfg.n_frames = n_frames
         cfg.ring_size = ring_size
-        cfg.flags = ((lib.DP_AFXDP_ZEROCOPY if zerocopy else lib.DP_AFXDP_COPY)
-                     | lib.DP_AFXDP_NEED_WAKEUP)
+        cfg.flags = (modes[mode] | zcs["auto" if zerocopy == "auto" else bool(zerocopy)]
+                     | (lib.DP_AFXDP_NEED_WAKEUP if need_wakeup else 0))
         if netns is None:
             ret = lib.dp_backend_afxdp(self._dp, cfg)
             msg = ffi.string(lib.dp_afxdp_last_error()).decode()
@@ -225,19 +254,79 @@ class Datapath:
                 msg = ffi.string(lib.dp_afxdp_last_error()).decode()
         if ret < 0:
             err = -ret
-            raise BackendError(f"setting up the afxdp backend on {ifname!r} queue {queue}: "
+            where = f"queue {qs[0]}" if queues is None else f"queues {qs}"
+            raise BackendError(f"setting up the afxdp backend on {ifname!r} {where}: "
                                f"{msg or os.strerror(err)}", errno=err)
         self.flows = []
 
-    @property
-    def afxdp_fd(self) -> int:
-        """The AF_XDP socket's fd, for the steering program's XSKMAP."""
-        ret = lib.dp_afxdp_fd(self._dp)
+    def _afxdp_check(self, ret: int) -> int:
         if ret < 0:
             from .errors import BackendError
-            raise BackendError("this Datapath has no afxdp backend: call use_afxdp_backend() first",
-                               errno=-ret)
+            if ret == -errno.ENODEV:
+                raise BackendError("this Datapath has no afxdp backend: call use_afxdp_backend() "
+                                   "first", errno=-ret)
+            raise BackendError(ffi.string(lib.dp_afxdp_last_error()).decode()
+                               or os.strerror(-ret), errno=-ret)
         return ret
+
+    @property
+    def afxdp_fd(self) -> int:
+        """The (first) AF_XDP socket's fd, for the steering program's XSKMAP."""
+        return self._afxdp_check(lib.dp_afxdp_fd(self._dp))
+
+    def afxdp_fds(self) -> dict[int, int]:
+        """{queue: AF_XDP socket fd}: what goes into the steering program's
+        XSKMAP (Steer.bind_xsks)."""
+        n = self._afxdp_check(lib.dp_afxdp_n_sockets(self._dp))
+        return {q: self._afxdp_check(lib.dp_afxdp_socket_fd(self._dp, i))
+                for i, q in enumerate(self._afxdp_queues(n))}
+
+    def _afxdp_queues(self, n: int) -> list[int]:
+        st = ffi.new("struct dp_afxdp_stats *")
+        out = []
+        for i in range(n):
+            self._afxdp_check(lib.dp_afxdp_socket_stats(self._dp, i, st))
+            out.append(st.queue)
+        return out
+
+    @property
+    def afxdp_xdp_mode(self) -> str:
+        """"native" or "skb": the XDP mode the backend chose for the
+        interface, the one to attach the steering program in."""
+        return next(iter(self.afxdp_stats().values()))["xdp_mode"]
+
+    def afxdp_stats(self) -> dict[int, dict]:
+        """Per socket, by queue: rx, tx (descriptors), filled (frames put on
+        the fill ring), completed (TX completions reaped), fill_ring and
+        comp_ring (entries on those rings now), kicks, kick_errors; the
+        kernel's XDP_STATISTICS (rx_dropped, rx_invalid_descs,
+        tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs,
+        tx_ring_empty_descs); the mode: xdp_mode ("native"/"skb", the
+        backend's choice), zerocopy (the kernel's bind), mode ("native
+        zero-copy", "native copy" or "skb copy") and xdp_attached (the
+        interface's XDP program now: "none", "native", "skb", "offload",
+        "multi")."""
+        n = self._afxdp_check(lib.dp_afxdp_n_sockets(self._dp))
+        st = ffi.new("struct dp_afxdp_stats *")
+        attached = {0: "none", 1: "native", 2: "skb", 3: "offload", 4: "multi"}
+        out = {}
+        for i in range(n):
+            self._afxdp_check(lib.dp_afxdp_socket_stats(self._dp, i, st))
+            xdp_mode = "native" if st.mode & lib.DP_AFXDP_NATIVE else "skb"
+            zc = bool(st.mode & lib.DP_AFXDP_ZEROCOPY)
+            out[st.queue] = {
+                "rx": st.rx, "tx": st.tx, "filled": st.filled, "completed": st.completed,
+                "fill_ring": st.fill_ring, "comp_ring": st.comp_ring,
+                "kicks": st.kicks, "kick_errors": st.kick_errors,
+                "rx_dropped": st.rx_dropped, "rx_invalid_descs": st.rx_invalid,
+                "tx_invalid_descs": st.tx_invalid, "rx_ring_full": st.rx_ring_full,
+                "rx_fill_ring_empty_descs": st.fill_empty,
+                "tx_ring_empty_descs": st.tx_ring_empty,
+                "xdp_mode": xdp_mode, "zerocopy": zc,
+                "mode": f"{xdp_mode} {'zero-copy' if zc else 'copy'}",
+                "xdp_attached": attached.get(st.xdp_attached, f"error {-st.xdp_attached}"),
+            }
+        return out
 
     # ---- running ----
 

@@ -7,7 +7,8 @@ the network namespace `netns` when given). Frames that match a steering rule
 queue through the XSKMAP `xsks` (`xsks_map_fd`, `bind_xsk`); with no socket
 bound on that queue they fall back to the kernel (XDP_PASS). ARP, ICMP and
 everything else always go to the kernel. `stats()` reads the per-action
-counters (each frame is counted exactly once):
+counters (each frame is counted exactly once; `queue_stats()` counts them by
+receive queue):
 
     redirected     matched a rule, handed to an AF_XDP socket
     fallback       matched a rule, but no socket on its queue: passed
@@ -441,6 +442,12 @@ class Steer:
             raise SteerError(f"xsks[{queue}] = socket {xsk_fd}: {os.strerror(err)} (the socket must "
                              "be an AF_XDP socket bound to this interface and queue)", errno=err)
 
+    def bind_xsks(self, fds: dict[int, int]) -> None:
+        """Steers each queue to its socket: {queue: AF_XDP socket fd}, as
+        Datapath.afxdp_fds() gives them."""
+        for queue, fd in fds.items():
+            self.bind_xsk(queue, fd)
+
     def unbind_xsk(self, queue: int) -> None:
         """Queue `queue`'s steered frames go to the kernel again."""
         from bcc.libbcc import lib
@@ -514,8 +521,20 @@ class Steer:
         table = self._live()[b"steer_stats"]
         return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(STAT_NAMES)}
 
+    def queue_stats(self) -> dict[int, dict[str, int]]:
+        """Per receive queue that saw traffic: {"seen": frames, "redirected":
+        of those, handed to the queue's AF_XDP socket}, summed over CPUs."""
+        table = self._live()[b"steer_queue_stats"]
+        out = {}
+        for q in range(len(table) // 2):
+            seen = int(table.sum(table.Key(2 * q)).value)
+            if seen:
+                out[q] = {"seen": seen, "redirected": int(table.sum(table.Key(2 * q + 1)).value)}
+        return out
+
     def reset_stats(self) -> None:
         self._live()[b"steer_stats"].zero()
+        self._live()[b"steer_queue_stats"].zero()
 
     def detach(self) -> None:
         """Removes the program (if the interface still runs this one), unpins

@@ -5,10 +5,16 @@ The *host* end (host_ip) is where isolane attaches (steer program, AF_XDP
 socket); the *peer* end (peer_ip) plays the remote host. IPv6 is off and
 ICMP is not rate-limited in both namespaces, so counters see only what a
 test sends. Everything lives in the namespaces and goes with them.
+
+queues=N gives both ends N receive and N transmit queues. veth delivers a
+frame to the host's receive queue numbered like the peer's transmit queue
+it left on (seen by an XDP program only in native mode: the generic path
+reports queue 0); `send(frame, queue=q)` picks that queue (see send).
 """
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -20,6 +26,7 @@ from scapy.layers.l2 import Ether
 from ebpf.steer import _in_netns
 
 ETH_P_ALL = 0x0003
+SOL_PACKET, PACKET_QDISC_BYPASS = 263, 20  # linux/socket.h, linux/if_packet.h
 
 
 def ip(*args: str) -> str:
@@ -28,13 +35,14 @@ def ip(*args: str) -> str:
 
 class VethPair:
     def __init__(self, tag: str, host_ip: str, peer_ip: str, *, host_if: str = "vh",
-                 peer_if: str = "vp", expect_timeout: float = 1.0):
+                 peer_if: str = "vp", expect_timeout: float = 1.0, queues: int = 1):
         self.ns_host, self.ns_peer = f"{tag}-h", f"{tag}-p"
         self.if_host, self.if_peer = host_if, peer_if
         self.ip_host, self.ip_peer = host_ip, peer_ip
         self.expect_timeout = expect_timeout
+        self.queues = queues
         self.made: list[str] = []
-        self.sock = None
+        self.sock = self.qsock = None
         try:
             self._make()
         except BaseException:
@@ -45,8 +53,9 @@ class VethPair:
         for ns in (self.ns_host, self.ns_peer):
             ip("netns", "add", ns)
             self.made.append(ns)
-        ip("-n", self.ns_host, "link", "add", self.if_host, "type", "veth", "peer", "name",
-           self.if_peer, "netns", self.ns_peer)
+        nq = ("numtxqueues", str(self.queues), "numrxqueues", str(self.queues))
+        ip("-n", self.ns_host, "link", "add", self.if_host, *nq, "type", "veth", "peer", "name",
+           self.if_peer, *nq, "netns", self.ns_peer)
         for ns, ifname, addr in ((self.ns_host, self.if_host, self.ip_host),
                                  (self.ns_peer, self.if_peer, self.ip_peer)):
             subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
@@ -61,6 +70,11 @@ class VethPair:
         with _in_netns(self.ns_peer):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             self.sock.bind((self.if_peer, 0))
+            # sends past the qdisc: the kernel picks the transmit queue from
+            # the sending CPU (packet_pick_tx_queue), which send(queue=) sets
+            self.qsock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self.qsock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            self.qsock.bind((self.if_peer, 0))
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
 
@@ -69,8 +83,9 @@ class VethPair:
         return json.loads(ip("-n", ns, "-j", "link", "show", "dev", ifname))[0]["address"]
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
+        for sock in (self.sock, self.qsock):
+            if sock is not None:
+                sock.close()
         for ns in self.made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
@@ -89,8 +104,23 @@ class VethPair:
             except BlockingIOError:
                 return
 
-    def send(self, frame) -> None:
-        self.sock.send(bytes(frame))
+    def send(self, frame, queue: int | None = None) -> None:
+        """Sends from the peer; with `queue`, on that transmit queue (and so
+        to the host's receive queue of that number). With no XPS map, a
+        socket that bypasses the qdisc transmits on queue (sending CPU mod
+        queues): this thread moves to such a CPU for the send."""
+        if queue is None:
+            self.sock.send(bytes(frame))
+            return
+        cpus = sorted(c for c in os.sched_getaffinity(0) if c % self.queues == queue)
+        if not 0 <= queue < self.queues or not cpus:
+            raise ValueError(f"no CPU of ours sends on queue {queue} of {self.queues}")
+        home = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            self.qsock.send(bytes(frame))
+        finally:
+            os.sched_setaffinity(0, home)
 
     def expect(self, match, timeout: float | None = None):
         """The first frame received on the peer end (sent by the host) for

@@ -423,24 +423,37 @@ int64_t dp_aot_bench(dp_aot_fn fn, const struct dp_aot_env *env, const uint8_t *
 		     uint32_t len, uint64_t repeat, uint32_t *verdict);
 
 /* ---- afxdp backend ---- */
-/* Packets from one queue of a real interface through one AF_XDP socket
- * (datapath/src/backend_afxdp.c). libxdp's XDP program is never loaded:
- * the steering program (ebpf/steer.py) redirects into its XSKMAP, where
- * the caller puts dp_afxdp_fd(). The interface is looked up in the network
- * namespace of the calling thread. Errors: -ENODEV (no such interface),
- * -EBUSY (the queue already has a socket, or the loop runs), -ENOBUFS /
- * -ENOMEM (UMEM could not be locked), -EPERM, -EOPNOTSUPP, -EINVAL; the
- * calling thread's dp_afxdp_last_error() says what happened and what to do. */
-#define DP_AFXDP_COPY 1        /* XDP_COPY (the default when neither is set) */
-#define DP_AFXDP_ZEROCOPY 2    /* XDP_ZEROCOPY: needs driver support */
+/* Packets from one or several queues of a real interface, one AF_XDP socket
+ * per queue, all sharing one UMEM (datapath/src/backend_afxdp.c). libxdp's
+ * XDP program is never loaded: the steering program (ebpf/steer.py)
+ * redirects into its XSKMAP, where the caller puts each socket's fd
+ * (dp_afxdp_socket_fd) at its queue index, and attaches in the XDP mode
+ * the backend chose (dp_afxdp_socket_stats: DP_AFXDP_SKB or _NATIVE). The
+ * interface is looked up in the network namespace of the calling thread.
+ * Errors: -ENODEV (no such interface), -EBUSY (a queue already has a
+ * socket, or the loop runs), -ENOBUFS / -ENOMEM (UMEM could not be
+ * locked), -ERANGE (no such queue), -EOPNOTSUPP (the driver lacks native
+ * XDP or zero-copy), -EPERM, -EINVAL; the calling thread's
+ * dp_afxdp_last_error() says what happened and what to do. */
+#define DP_AFXDP_COPY 1        /* XDP_COPY */
+#define DP_AFXDP_ZEROCOPY 2    /* XDP_ZEROCOPY: needs native XDP and driver support */
 #define DP_AFXDP_NEED_WAKEUP 4 /* XDP_USE_NEED_WAKEUP: kick only when asked */
+#define DP_AFXDP_SKB 8         /* the XDP program runs in SKB (generic) mode */
+#define DP_AFXDP_NATIVE 16     /* ... in the driver: needs native XDP */
+/* neither COPY nor ZEROCOPY: zero-copy where the driver has it, else copy;
+ * neither SKB nor NATIVE: native where the driver has it, else SKB */
+#define DP_AFXDP_MAX_QUEUES 64 /* sockets per backend (the XSKMAP's size) */
 
 struct dp_afxdp_config {
 	const char *ifname;
-	uint32_t queue;
-	uint32_t n_frames;  /* UMEM frames of 2048 bytes, power of two, >= 2 * ring_size */
-	uint32_t ring_size; /* fill, completion, RX and TX ring entries, power of two */
+	uint32_t queue;     /* the one queue, when n_queues is 0 */
+	uint32_t n_frames;  /* UMEM frames of 2048 bytes, power of two,
+			       >= 2 * ring_size * sockets */
+	uint32_t ring_size; /* each socket's fill, completion, RX and TX ring entries,
+			       power of two */
 	uint32_t flags;     /* DP_AFXDP_* */
+	uint32_t n_queues;  /* sockets on queues[0..n_queues), distinct */
+	const uint32_t *queues;
 };
 
 struct dp_afxdp_stats {
@@ -455,10 +468,26 @@ struct dp_afxdp_stats {
 	uint64_t rx_ring_full;  /* dropped: the RX ring was full */
 	uint64_t fill_empty;    /* dropped: the fill ring was empty */
 	uint64_t tx_ring_empty;
+	/* the fill and completion rings */
+	uint64_t filled;        /* frames put on the fill ring */
+	uint64_t completed;     /* TX completions taken off the completion ring */
+	uint32_t fill_ring;     /* frames on the fill ring now (the kernel's to fill) */
+	uint32_t comp_ring;     /* completions waiting to be reaped now */
+	/* the socket (dp_afxdp_socket_stats only) */
+	uint32_t queue;
+	uint32_t mode;          /* DP_AFXDP_SKB or _NATIVE (the backend's choice) |
+				   DP_AFXDP_ZEROCOPY or _COPY (the kernel's bind) */
+	int32_t xdp_attached;   /* the interface's XDP program now: 0 none,
+				   1 native, 2 skb, 3 offload, 4 several; -errno */
+	uint32_t _pad;
 };
 
 int dp_backend_afxdp(dp_t *dp, const struct dp_afxdp_config *cfg);
-int dp_afxdp_fd(dp_t *dp);  /* the socket fd (for the XSKMAP), or -ENODEV */
+int dp_afxdp_fd(dp_t *dp);  /* the first socket's fd, or -ENODEV */
+int dp_afxdp_n_sockets(dp_t *dp); /* sockets, or -ENODEV */
+int dp_afxdp_socket_fd(dp_t *dp, uint32_t i);  /* socket i's fd (XSKMAP), or -errno */
+/* socket i's figures; dp_afxdp_stats: the sums over all sockets */
+int dp_afxdp_socket_stats(dp_t *dp, uint32_t i, struct dp_afxdp_stats *out);
 int dp_afxdp_stats(dp_t *dp, struct dp_afxdp_stats *out);
 /* the calling thread's last afxdp error message ("" if none) */
 const char *dp_afxdp_last_error(void);

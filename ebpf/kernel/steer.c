@@ -24,7 +24,10 @@
  * (0, 0, 0) steers all IPv4 UDP and TCP. The value is a tag for user space
  * (e.g. a tenant id); the program only tests presence.
  *
- * Each frame is counted exactly once in the per-CPU array `steer_stats`.
+ * Each frame is counted exactly once in the per-CPU array `steer_stats`,
+ * and by its receive queue in `steer_queue_stats` (slot 2q: frames seen on
+ * queue q, 2q + 1: of those, redirected to q's socket), which shows where
+ * a multi-queue interface delivered its traffic.
  */
 #include <uapi/linux/tcp.h>
 #include "isolane.h"
@@ -56,6 +59,19 @@ struct steer_key {
 BPF_XSKMAP(xsks, STEER_MAX_QUEUES);
 BPF_HASH(steer_rules, struct steer_key, __u32, STEER_MAX_RULES);
 BPF_PERCPU_ARRAY(steer_stats, __u64, STEER_NSTATS);
+BPF_PERCPU_ARRAY(steer_queue_stats, __u64, 2 * STEER_MAX_QUEUES);
+
+ISOLANE_INLINE void steer_count_queue(__u32 queue, __u32 redirected)
+{
+	__u32 slot = 2 * queue + redirected;
+	__u64 *n;
+
+	if (queue >= STEER_MAX_QUEUES)
+		return;
+	n = steer_queue_stats.lookup(&slot);
+	if (n)
+		*n += 1;
+}
 
 ISOLANE_INLINE int steer_count(__u32 stat, int verdict)
 {
@@ -93,6 +109,7 @@ int isolane_steer(struct xdp_md *ctx)
 	__u32 ihl_bytes, l4_len;
 	int ret;
 
+	steer_count_queue(ctx->rx_queue_index, 0);
 	ret = isolane_parse_ipv4(data, data_end, &p);
 	if (ret == ISOLANE_MALFORMED)
 		return steer_count(STEER_MALFORMED, XDP_PASS);
@@ -137,7 +154,9 @@ int isolane_steer(struct xdp_md *ctx)
 	if (!steer_match(ip->daddr, ip->protocol, dport))
 		return steer_count(STEER_PASSED_OTHER, XDP_PASS);
 	ret = xsks.redirect_map(ctx->rx_queue_index, XDP_PASS);
-	if (ret == XDP_REDIRECT)
+	if (ret == XDP_REDIRECT) {
+		steer_count_queue(ctx->rx_queue_index, 1);
 		return steer_count(STEER_REDIRECTED, ret);
+	}
 	return steer_count(STEER_FALLBACK, ret);
 }
