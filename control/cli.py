@@ -45,7 +45,7 @@ import click
 
 from .daemon_cli import daemon
 from .prog import prog
-from .rpc_cli import EXIT_REJECTED, CliState  # noqa: F401  (EXIT_REJECTED: tests, scripts)
+from .rpc_cli import CliState
 from .stats_cli import stats, top
 from .tenant_cli import tenant
 from .testbed_cli import testbed

@@ -24,8 +24,9 @@ def _plain(obj):
     return obj
 
 
-def emit_json(obj) -> None:
-    json.dump(_plain(obj), sys.stdout, indent=2)
+def emit_json(obj, lines: bool = False) -> None:
+    """`obj` as JSON on stdout: indented, or one line (for a JSON-lines stream)."""
+    json.dump(_plain(obj), sys.stdout, indent=None if lines else 2)
     sys.stdout.write("\n")
 
 

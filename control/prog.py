@@ -16,9 +16,8 @@ import click
 
 from .output import emit_json, fail, stdout
 from .prog_daemon import COMMANDS as DAEMON_COMMANDS
-from .rpc_cli import wants_json
+from .rpc_cli import EXIT_REJECTED, wants_json
 
-EXIT_REJECTED = 3
 VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 
 

@@ -15,7 +15,6 @@ from rich.markup import escape
 from .client import Client, DaemonUnreachable, RpcError, default_socket_path
 from .output import emit_json, fail
 
-EXIT_OK = 0
 EXIT_FAILED = 1       # the daemon answered with an error (not found, denied, conflict, internal)
 EXIT_USAGE = 2        # bad arguments (click's own code), or the daemon's "invalid params"
 EXIT_REJECTED = 3     # the verifier (or isolane's bound/validator) rejected the program
@@ -62,8 +61,9 @@ class Daemon:
     """Calls isolaned over one connection; an error answer exits the CLI
     with the message on stderr (and, with --json, the error on stdout)."""
 
-    def __init__(self, as_json: bool):
+    def __init__(self, as_json: bool, json_lines: bool = False):
         self.as_json = as_json
+        self.json_lines = json_lines  # the error is one more line of a JSON-lines stream
         self.client = Client(_state().socket or default_socket_path())
 
     def __call__(self, method: str, **params):
@@ -85,12 +85,12 @@ class Daemon:
     def _exit(self, message: str, code: int, error: dict, detail: str | None = None) -> None:
         self.client.close()
         if self.as_json:
-            emit_json({"error": error})
+            emit_json({"error": error}, lines=self.json_lines)
         fail(escape(message), code, detail)
 
     def close(self) -> None:
         self.client.close()
 
 
-def daemon(as_json: bool) -> Daemon:
-    return Daemon(wants_json(as_json))
+def daemon(as_json: bool, json_lines: bool = False) -> Daemon:
+    return Daemon(wants_json(as_json), json_lines)

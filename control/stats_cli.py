@@ -10,7 +10,6 @@ latency, until Ctrl-C.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -197,7 +196,7 @@ def top(interval_s, once, as_json):
       isolane top --once -j
     """
     as_json = wants_json(as_json)
-    call = daemon(as_json)
+    call = daemon(as_json, json_lines=True)
     view = TopView()
     try:
         if once or as_json:
@@ -205,8 +204,8 @@ def top(interval_s, once, as_json):
                 result = call("stats")
                 rows = view.rows(result)
                 if as_json:
-                    print(json.dumps({"uptime_s": result.get("uptime_s"), "tenants": rows}),
-                          flush=True)
+                    emit_json({"uptime_s": result.get("uptime_s"), "tenants": rows}, lines=True)
+                    sys.stdout.flush()
                 else:
                     print_table(view.table(rows, result, interval_s))
                 if once:

@@ -5,6 +5,7 @@ and scripts rely on (0 ok, 1 daemon error, 2 usage, 3 rejected, 4
 unreachable)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -32,12 +33,12 @@ BAD_C = ("int bad(struct xdp_md *ctx) {\n"
          "  return *(unsigned char *)(data + 100);\n}\n")  # no bounds check: the verifier says no
 
 
-@pytest.fixture(scope="module")
-def isolaned():
-    """A real isolaned on a unix socket in a temporary directory; its socket path.
-    The directory is open to everyone (pytest's are 0700) so that the CLI run
-    as another user reaches the socket and the daemon, not the file mode,
-    decides what it may do."""
+@contextlib.contextmanager
+def running_isolaned():
+    """A real isolaned (mem backend) on a unix socket in a temporary directory,
+    as (socket path, process). The directory is open to everyone (pytest's
+    are 0700) so that the CLI run as another user reaches the socket and the
+    daemon, not the file mode, decides what it may do."""
     if os.geteuid() != 0:
         pytest.skip("isolaned verifies programs in the kernel: needs root")
     tmp = Path(tempfile.mkdtemp(prefix="isl-cli-"))
@@ -50,27 +51,35 @@ def isolaned():
     log = open(tmp / "isolaned.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "control.daemon", "--config", str(config)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with Client(str(sock), timeout_s=5) as c:
-                c.call("daemon.status")
-            break
-        except DaemonUnreachable:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail(f"isolaned did not come up (exit {proc.poll()}):\n{log.read()}")
-            time.sleep(0.1)
-    yield str(sock)
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(str(sock), timeout_s=5) as c:
+                    c.call("daemon.status")
+                break
+            except DaemonUnreachable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"isolaned did not come up (exit {proc.poll()}):\n{log.read()}")
+                time.sleep(0.1)
+        yield str(sock), proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def isolaned():
+    """The daemon most tests share; its socket path."""
+    with running_isolaned() as (sock, _):
+        yield sock
 
 
 def isolane(sock, *args):
@@ -324,6 +333,21 @@ def test_top_live_ends_cleanly_on_ctrl_c(isolaned):
     text = out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "isolane top" in text and "Traceback" not in text
+
+
+def test_top_exits_4_when_the_daemon_goes_away():
+    """A JSON-lines stream ends with the error as one more line, and exit 4."""
+    with running_isolaned() as (sock, proc):
+        top = subprocess.Popen([str(ISOLANE), "--socket", sock, "top", "--interval", "0.1",
+                                "-j"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = json.loads(top.stdout.readline())  # top is running
+        assert first["tenants"] == []
+        proc.kill()
+        out, err = top.communicate(timeout=30)
+    assert top.returncode == 4, err
+    last = json.loads(out.splitlines()[-1])
+    assert last["error"]["name"] == "unreachable"
+    assert "isolaned" in err
 
 
 # ---- exit codes without a daemon, and usage errors
