@@ -267,6 +267,19 @@ def test_rejected_program_exits_3_with_the_verifiers_reason(isolaned, tmp_path):
         isolane(isolaned, "tenant", "del", "cli-bad")
 
 
+def test_oversized_program_is_refused_with_the_limit(isolaned, tmp_path):
+    big = tmp_path / "big.c"
+    big.write_text("/* padding */\n" * 20_000 + BAD_C)  # ~300 KiB, over the 256 KiB limit
+    assert add(isolaned, "cli-big").exit_code == 0
+    try:
+        r = isolane(isolaned, "prog", "load", "cli-big", big, "-j")
+        assert r.exit_code == 1, r.stderr
+        assert json.loads(r.stdout)["error"]["code"] == -32005  # too large, not compiled
+        assert "too large" in r.stderr or "256" in r.stderr
+    finally:
+        isolane(isolaned, "tenant", "del", "cli-big")
+
+
 # ---- stats and top
 
 def test_stats_json_parses_and_names_every_tenant(isolaned):
