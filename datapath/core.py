@@ -258,6 +258,7 @@ class Datapath:
             raise BackendError(f"setting up the afxdp backend on {ifname!r} {where}: "
                                f"{msg or os.strerror(err)}", errno=err)
         self.flows = []
+        self._afxdp_queues = qs  # socket i serves qs[i]
 
     def _afxdp_check(self, ret: int) -> int:
         if ret < 0:
@@ -279,15 +280,7 @@ class Datapath:
         XSKMAP (Steer.bind_xsks)."""
         n = self._afxdp_check(lib.dp_afxdp_n_sockets(self._dp))
         return {q: self._afxdp_check(lib.dp_afxdp_socket_fd(self._dp, i))
-                for i, q in enumerate(self._afxdp_queues(n))}
-
-    def _afxdp_queues(self, n: int) -> list[int]:
-        st = ffi.new("struct dp_afxdp_stats *")
-        out = []
-        for i in range(n):
-            self._afxdp_check(lib.dp_afxdp_socket_stats(self._dp, i, st))
-            out.append(st.queue)
-        return out
+                for i, q in enumerate(self._afxdp_queues[:n])}
 
     @property
     def afxdp_xdp_mode(self) -> str:
