@@ -17,7 +17,8 @@ struct backend_ops {
 	/** rx_burst() - up to @n received packets into @pkts; returns how many */
 	uint32_t (*rx_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
 	/** tx_burst() - queue @n packets for transmission; returns how many were
-	 * taken (the caller frees the rest) */
+	 * taken, moved to the front of @pkts (a backend with several queues
+	 * may reorder them): the caller frees @pkts[taken..n) */
 	uint32_t (*tx_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
 	/** free_burst() - give @n packets back without sending them */
 	void (*free_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
