@@ -22,6 +22,10 @@ struct backend_ops {
 	uint32_t (*tx_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
 	/** free_burst() - give @n packets back without sending them */
 	void (*free_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
+	/** alloc_burst() - up to @n free frames (data at PKT_DATA_OFF) for
+	 * packets the datapath makes itself (slow-path sends); returns how
+	 * many. Each comes back through tx_burst or free_burst. Loop thread. */
+	uint32_t (*alloc_burst)(struct backend *b, struct pkt **pkts, uint32_t n);
 	/** start() / stop() - bring up and tear down threads, sockets, programs */
 	int (*start)(struct backend *b);
 	void (*stop)(struct backend *b);

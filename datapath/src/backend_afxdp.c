@@ -293,6 +293,31 @@ static void afxdp_free_burst(struct backend *b, struct pkt **pkts, uint32_t n)
 		x->pool[x->n_pool++] = (uint64_t)((uint8_t *)pkts[i] - x->umem_area);
 }
 
+/* frames for packets the datapath makes itself (slow-path sends): from the
+ * pool, leaving through the first socket (they came in on none) */
+static uint32_t afxdp_alloc_burst(struct backend *b, struct pkt **pkts, uint32_t n)
+{
+	struct afxdp_backend *x = to_x(b);
+
+	for (uint32_t i = 0; i < x->n_socks; i++)
+		reap(x, &x->socks[i]);
+	if (n > x->n_pool)
+		n = x->n_pool;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t base = x->pool[--x->n_pool];
+		struct pkt *p = (struct pkt *)(x->umem_area + base);
+
+		p->off = PKT_DATA_OFF;
+		p->len = 0;
+		p->frame = (uint32_t)(base / FRAME_SIZE);
+		p->flow = 0;
+		p->ts_intended = 0;
+		x->sock_of[p->frame] = 0;
+		pkts[i] = p;
+	}
+	return n;
+}
+
 static int afxdp_start(struct backend *b)
 {
 	struct afxdp_backend *x = to_x(b);
@@ -345,6 +370,7 @@ static const struct backend_ops afxdp_ops = {
 	.rx_burst = afxdp_rx_burst,
 	.tx_burst = afxdp_tx_burst,
 	.free_burst = afxdp_free_burst,
+	.alloc_burst = afxdp_alloc_burst,
 	.start = afxdp_start,
 	.stop = afxdp_stop,
 	.destroy = afxdp_destroy,
