@@ -5,6 +5,11 @@ isolane host) joined by a veth pair, 10.97.0.2/24 (xg, generator) and
 10.97.0.1/24 (xh, where Steer attaches in skb mode and the datapath's
 AF_XDP socket sits on queue 0, copy mode). Frames are sent and received
 on xg with an AF_PACKET socket made inside the generator namespace.
+
+The tests named mq- use a pair with two queues on each end (mqh/mqg): one
+socket per queue on one UMEM, native XDP (the only mode in which veth
+reports the receive queue), frames sent on a chosen transmit queue of the
+peer (VethPair.send(queue=)), and the errors of several queues and modes.
 """
 from __future__ import annotations
 
@@ -251,8 +256,10 @@ def test_errors_say_what_to_do(net):
             dp.use_afxdp_backend(net.if_host)
         with pytest.raises(ConfigError, match="powers of two"):
             dp.use_afxdp_backend(net.if_host, n_frames=1000, netns=net.ns_host)
-        with pytest.raises(BackendError, match="queue"):
+        with pytest.raises(BackendError, match=r"has 1 receive queue \(0..0\): there is no "
+                           r"queue 7") as exc:
             dp.use_afxdp_backend(net.if_host, queue=7, netns=net.ns_host)
+        assert exc.value.errno == errno.ERANGE
         with pytest.raises(BackendError, match="no afxdp backend"):
             dp.afxdp_fd
     finally:
@@ -350,6 +357,43 @@ def test_two_queues_one_socket_each_echo_from_both(mqnet):
         dp.close()
         if steer is not None:
             steer.detach()
+    assert attached_programs(net.if_host, net.ns_host) == []
+
+
+def test_mixed_bursts_leave_on_their_own_sockets(mqnet):
+    """100 frames wait in each RX ring while the loop is stopped; RX bursts
+    of 32 then alternate between the sockets (round robin) until 4 are left
+    on each, which one burst takes from both: that burst's replies are split
+    between the two TX rings, each going out where it came in."""
+    net = mqnet
+    dp = Datapath(policy="fifo", rx_batch=32)
+    dp.add_tenant(TENANT, TenantConfig(handler="udp_echo", queue_cap=1024))
+    dp.set_rules([Rule(tenant=TENANT)])
+    n = 100
+    try:
+        dp.use_afxdp_backend(net.if_host, queues=[0, 1], mode="native", ring_size=256,
+                             netns=net.ns_host)
+        with Steer(net.if_host, netns=net.ns_host, mode=dp.afxdp_xdp_mode) as steer:
+            steer.steer_all()
+            steer.bind_xsks(dp.afxdp_fds())
+            net.drain()
+            sent = set()
+            for i in range(n):
+                for q in (0, 1):
+                    payload = b"mixed %d %03d" % (q, i)
+                    net.send(_mq_udp(net, 6200 + q, payload), queue=q)
+                    sent.add((6200 + q, payload))
+            assert _wait(lambda: {q: s["redirected"] for q, s in steer.queue_stats().items()}
+                         == {0: n, 1: n})
+            with dp.running():
+                assert _collect(net, {6200, 6201}, len(sent)) == sent
+                assert _wait(lambda: all(s["completed"] == n for s in dp.afxdp_stats().values()))
+            st = dp.afxdp_stats()
+            assert {q: (s["rx"], s["tx"]) for q, s in st.items()} == {0: (n, n), 1: (n, n)}
+            assert all(s["rx_ring_full"] == 0 and s["tx_invalid_descs"] == 0
+                       for s in st.values())
+    finally:
+        dp.close()
     assert attached_programs(net.if_host, net.ns_host) == []
 
 
