@@ -28,7 +28,7 @@ from .config import ARRIVALS, POLICIES, Flow, Rule, TenantConfig, _choice
 from .errors import ConfigError, IsolaneError, NotFoundError, check
 from .histogram import LatencyHistogram
 
-DROP_REASONS = ("queue_full", "fault", "tx_full", "no_slowpath")
+DROP_REASONS = ("queue_full", "fault", "tx_full", "no_slowpath", "slowpath_full")
 
 
 def default_cores() -> tuple[int, int]:
@@ -52,6 +52,8 @@ class TenantStats:
     forfeited: int   # credit refused at refill because the bucket was full
     queue_len: int
     latency: LatencyHistogram
+    slowpath_delivered: int = 0  # passed packets put in its slow-path ring
+    slowpath_sent: int = 0       # frames it sent through its slow path that went out
 
     @property
     def dropped(self) -> int:
@@ -390,7 +392,8 @@ class Datapath:
             drop_verdict=st.drop_verdict, completed=st.completed,
             drops={name: st.drops[i] for i, name in enumerate(DROP_REASONS)},
             cycles=st.cycles, lent_cycles=st.lent_cycles, throttles=st.throttles,
-            balance=st.balance, forfeited=st.forfeited, queue_len=st.queue_len, latency=hist)
+            balance=st.balance, forfeited=st.forfeited, queue_len=st.queue_len, latency=hist,
+            slowpath_delivered=st.sp_delivered, slowpath_sent=st.sp_sent)
 
     def flow_stats(self, flow: int) -> FlowStats:
         """What the generator did for one flow (sent, lost at the NIC, late)."""
@@ -409,6 +412,60 @@ class Datapath:
 
     def reset_stats(self) -> None:
         check(lib.dp_reset_stats(self._dp), "resetting stats")
+
+    # ---- slow path (see the slow-path section of isolane_dp.h) ----
+
+    def attach_slowpath(self, tenant_id: int, depth: int = 256) -> None:
+        """Gives the tenant a slow path: what its handler passes (XDP_PASS)
+        waits for slowpath_read in a ring of `depth` frames (a power of two;
+        full: dropped, counted `slowpath_full`), and slowpath_send queues
+        frames (up to `depth`) that the loop transmits, charged to it."""
+        if depth < 2 or depth > lib.DP_SLOWPATH_MAX_DEPTH or depth & (depth - 1):
+            raise ConfigError(f"slow-path depth must be a power of two in "
+                              f"2..{lib.DP_SLOWPATH_MAX_DEPTH}, not {depth}")
+        ret = lib.dp_slowpath_attach(self._dp, tenant_id, depth)
+        if ret == -errno.EEXIST:
+            raise ConfigError(f"tenant {tenant_id} already has a slow path", errno=errno.EEXIST)
+        check(ret, f"attaching tenant {tenant_id}'s slow path")
+
+    def detach_slowpath(self, tenant_id: int) -> None:
+        """Removes the tenant's slow path (frames still in its rings are
+        discarded); its passed packets are dropped again (`no_slowpath`)."""
+        check(lib.dp_slowpath_detach(self._dp, tenant_id),
+              f"tenant {tenant_id}: no slow path to detach")
+
+    def slowpath_read(self, tenant_id: int, max_frames: int = 64) -> list[bytes]:
+        """Passed packets waiting for the tenant, oldest first, at most
+        `max_frames` (never blocks: [] when none waits)."""
+        buf = ffi.new("uint8_t[]", lib.DP_SLOWPATH_FRAME_MAX)
+        frames = []
+        for _ in range(max_frames):
+            n = lib.dp_slowpath_read(self._dp, tenant_id, buf, len(buf))
+            if n == 0:
+                break
+            check(n, f"tenant {tenant_id}'s slow path")
+            frames.append(bytes(ffi.buffer(buf, n)))
+        return frames
+
+    def slowpath_send(self, tenant_id: int, frame: bytes) -> bool:
+        """Queues an Ethernet frame that the loop transmits for the tenant;
+        False when its send ring is full (the loop has not caught up, or the
+        tenant is out of budget): nothing was queued."""
+        ret = lib.dp_slowpath_send(self._dp, tenant_id, frame, len(frame))
+        if ret == -errno.EAGAIN:
+            return False
+        if ret == -errno.EMSGSIZE:
+            raise ConfigError(f"a frame of {len(frame)} bytes: slow-path frames are 14.."
+                              f"{lib.DP_MAX_FRAME_LEN} bytes", errno=errno.EMSGSIZE)
+        check(ret, f"tenant {tenant_id}'s slow path")
+        return True
+
+    def slowpath_pending(self, tenant_id: int) -> tuple[int, int]:
+        """(passed packets waiting to be read, frames waiting to be sent)."""
+        to_read, to_send = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        check(lib.dp_slowpath_pending(self._dp, tenant_id, to_read, to_send),
+              f"tenant {tenant_id}'s slow path")
+        return to_read[0], to_send[0]
 
     # ---- one packet, synchronously (tests and tools) ----
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datapath.ebpf_engine import Map, Program
+from datapath.ebpf_engine import Map, MapType, Program
 
 from .program import TenantProgram
 
@@ -20,9 +20,21 @@ class Loaded:
     maps: dict[str, Map]
 
 
+def userspace_maps(program: TenantProgram) -> dict[str, Map]:
+    """A userspace map for each of the program's maps. bcc reports a ring
+    buffer's (unused) key and value as 4 bytes; a RINGBUF has neither, as in
+    the kernel, so it is made with 0 and 0."""
+    def make(m):
+        ring = m.type == MapType.RINGBUF
+        return Map(m.type, 0 if ring else m.key_size, 0 if ring else m.value_size,
+                   m.max_entries)
+
+    return {m.name: make(m) for m in program.maps}
+
+
 def load_interp(program: TenantProgram) -> Loaded:
     """Userspace maps and the interpreter's copy of a built program."""
-    maps = {m.name: Map(m.type, m.key_size, m.value_size, m.max_entries) for m in program.maps}
+    maps = userspace_maps(program)
     vm = Program(program.insns, [maps[m.name] for m in program.maps],
                  insn_budget=program.bound_insns)
     return Loaded(vm, maps)
@@ -64,7 +76,7 @@ def load_aot(program: TenantProgram) -> LoadedAot:
     static bound, so it cannot hold the core."""
     from .aot import AotProgram, compile_aot
 
-    maps = {m.name: Map(m.type, m.key_size, m.value_size, m.max_entries) for m in program.maps}
+    maps = userspace_maps(program)
     module = compile_aot(program.insns, mode="xdp", checked=False, budget=program.bound_insns)
     return LoadedAot(AotProgram(module, [maps[m.name] for m in program.maps]), maps)
 

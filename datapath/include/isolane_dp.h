@@ -69,7 +69,9 @@ enum dp_drop_reason {
 				    this datapath cannot carry out */
 	DP_DROP_TX_FULL = 2,     /* the backend could not take the reply */
 	DP_DROP_NO_SLOWPATH = 3, /* XDP_PASS with no slow path attached */
-	DP_DROP_REASONS = 4,
+	DP_DROP_SLOWPATH_FULL = 4, /* XDP_PASS while the tenant's slow-path
+				      ring was full (its reader lags) */
+	DP_DROP_REASONS = 5,
 };
 
 /* Why a packet could not be given to any tenant. */
@@ -122,7 +124,7 @@ struct dp_tenant_stats {
 	uint64_t passed;          /* handler said XDP_PASS */
 	uint64_t drop_verdict;    /* handler said XDP_DROP / ABORTED */
 	uint64_t completed;       /* handler finished (any verdict) */
-	uint64_t drops[4];        /* by enum dp_drop_reason */
+	uint64_t drops[5];        /* by enum dp_drop_reason */
 	uint64_t cycles;          /* cycles charged (handler + share of batch work) */
 	uint64_t lent_cycles;     /* cycles run on lent (idle) time, not charged */
 	uint64_t throttles;       /* times the tenant was found broke with backlog */
@@ -130,6 +132,8 @@ struct dp_tenant_stats {
 				     (cycles, packets or bytes; < 0: debt) */
 	uint64_t forfeited;       /* credit refused at refill: over the cap */
 	uint64_t queue_len;
+	uint64_t sp_delivered;    /* passed packets put in the slow-path ring */
+	uint64_t sp_sent;         /* slow-path frames the backend took for TX */
 };
 
 struct dp_global_stats {
@@ -491,5 +495,34 @@ int dp_afxdp_socket_stats(dp_t *dp, uint32_t i, struct dp_afxdp_stats *out);
 int dp_afxdp_stats(dp_t *dp, struct dp_afxdp_stats *out);
 /* the calling thread's last afxdp error message ("" if none) */
 const char *dp_afxdp_last_error(void);
+
+/* ---- slow path ---- */
+/* A tenant's slow path (datapath/src/slowpath.c): a packet its handler
+ * passes (XDP_PASS) is copied into a bounded ring that a reader outside the
+ * loop drains with dp_slowpath_read (full: dropped, DP_DROP_SLOWPATH_FULL;
+ * none attached: DP_DROP_NO_SLOWPATH); a frame given to dp_slowpath_send
+ * waits in a second ring until the loop transmits it through the backend,
+ * charging the time it took to the tenant's budget (an intervention point:
+ * under a budget policy a broke tenant's frames wait for credit). Counted
+ * in dp_tenant_stats (sp_delivered, sp_sent, drops). Read and send may be
+ * called from any thread, also while the loop runs. */
+/* a passed packet's most bytes: it may have grown into the headroom */
+#define DP_SLOWPATH_FRAME_MAX 1984
+#define DP_SLOWPATH_MAX_DEPTH 65536
+
+/* depth: frames each way, a power of two in 2..DP_SLOWPATH_MAX_DEPTH;
+ * -ENOENT (no tenant), -EEXIST (already attached), -EINVAL */
+int dp_slowpath_attach(dp_t *dp, uint32_t tenant, uint32_t depth);
+/* frames still in the rings are discarded; -ENOENT when none is attached */
+int dp_slowpath_detach(dp_t *dp, uint32_t tenant);
+/* the oldest passed packet into buf (cap >= DP_SLOWPATH_FRAME_MAX): its
+ * length, 0 when none waits; -ENOENT (no slow path), -EINVAL (cap) */
+int dp_slowpath_read(dp_t *dp, uint32_t tenant, uint8_t *buf, uint32_t cap);
+/* queues frame[0..len) for transmission: 0, -EAGAIN (the ring is full),
+ * -EMSGSIZE (len < 14 or > DP_MAX_FRAME_LEN), -ENOENT (no slow path),
+ * -EOPNOTSUPP (the backend cannot send frames of its own) */
+int dp_slowpath_send(dp_t *dp, uint32_t tenant, const uint8_t *frame, uint32_t len);
+/* frames waiting in the tenant's rings: passed (to read) and to send */
+int dp_slowpath_pending(dp_t *dp, uint32_t tenant, uint32_t *to_read, uint32_t *to_send);
 
 #endif /* ISOLANE_DP_H */

@@ -22,6 +22,7 @@
 
 #define GEN_BATCH 32u
 #define LATE_NS 20000 /* an arrival emitted this late counts as late */
+#define MEM_SPARE 64u /* frames beyond n_frames for the datapath's own packets */
 
 struct mem_flow {
 	uint8_t *tmpl;
@@ -46,6 +47,12 @@ struct mem_backend {
 	uint32_t stop, done;
 	bool started;
 
+	/* datapath-private: the spare frames its own packets (slow-path sends)
+	 * are made in; they end at the "wire" and come straight back here */
+	struct pkt *spare[MEM_SPARE];
+	uint32_t n_spare;
+	uint32_t spare_out; /* handed out by alloc_burst, not yet back */
+
 	/* generator-private */
 	struct pkt **free;
 	uint32_t n_free;
@@ -63,15 +70,51 @@ static uint32_t mem_rx_burst(struct backend *b, struct pkt **pkts, uint32_t n)
 	return spsc_pop(&to_mem(b)->rx, (void **)pkts, n);
 }
 
+/* frames back to the generator through the return ring, which holds every
+ * frame, so it always takes them; spare frames (only while some are out:
+ * one branch per burst otherwise) back to the spare stack */
+static always_inline void mem_return(struct mem_backend *m, struct pkt **pkts, uint32_t n)
+{
+	if (likely(!m->spare_out)) {
+		spsc_push(&m->ret, (void *const *)pkts, n);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (pkts[i]->frame >= m->cfg.n_frames) {
+			m->spare[m->n_spare++] = pkts[i];
+			m->spare_out--;
+		} else {
+			spsc_push(&m->ret, (void *const *)&pkts[i], 1);
+		}
+	}
+}
+
 static uint32_t mem_tx_burst(struct backend *b, struct pkt **pkts, uint32_t n)
 {
-	/* the return ring holds every frame, so it always takes them */
-	return spsc_push(&to_mem(b)->ret, (void *const *)pkts, n);
+	mem_return(to_mem(b), pkts, n);
+	return n;
 }
 
 static void mem_free_burst(struct backend *b, struct pkt **pkts, uint32_t n)
 {
-	spsc_push(&to_mem(b)->ret, (void *const *)pkts, n);
+	mem_return(to_mem(b), pkts, n);
+}
+
+static uint32_t mem_alloc_burst(struct backend *b, struct pkt **pkts, uint32_t n)
+{
+	struct mem_backend *m = to_mem(b);
+
+	n = MIN(n, m->n_spare);
+	for (uint32_t i = 0; i < n; i++) {
+		struct pkt *p = m->spare[--m->n_spare];
+
+		p->off = PKT_DATA_OFF;
+		p->len = 0;
+		p->flow = 0;
+		pkts[i] = p;
+	}
+	m->spare_out += n;
+	return n;
 }
 
 /* uniform in (0, 1]: xorshift64* */
@@ -198,11 +241,15 @@ static int mem_start(struct backend *b)
 	m->n_free = 0;
 	spsc_reset(&m->rx);
 	spsc_reset(&m->ret);
-	for (uint32_t i = 0; i < m->cfg.n_frames; i++) {
+	m->n_spare = m->spare_out = 0;
+	for (uint32_t i = 0; i < m->cfg.n_frames + MEM_SPARE; i++) {
 		struct pkt *p = (struct pkt *)(m->frames + (size_t)i * FRAME_SIZE);
 
 		p->frame = i;
-		m->free[m->n_free++] = p;
+		if (i < m->cfg.n_frames)
+			m->free[m->n_free++] = p;
+		else
+			m->spare[m->n_spare++] = p;
 	}
 	for (uint32_t i = 0; i < m->n_flows; i++)
 		memset(&m->flows[i].st, 0, sizeof(m->flows[i].st));
@@ -238,7 +285,7 @@ static void mem_destroy(struct backend *b)
 	spsc_fini(&m->rx);
 	spsc_fini(&m->ret);
 	if (m->frames)
-		munmap(m->frames, (size_t)m->cfg.n_frames * FRAME_SIZE);
+		munmap(m->frames, (size_t)(m->cfg.n_frames + MEM_SPARE) * FRAME_SIZE);
 	free(m);
 }
 
@@ -247,6 +294,7 @@ static const struct backend_ops mem_ops = {
 	.rx_burst = mem_rx_burst,
 	.tx_burst = mem_tx_burst,
 	.free_burst = mem_free_burst,
+	.alloc_burst = mem_alloc_burst,
 	.start = mem_start,
 	.stop = mem_stop,
 	.destroy = mem_destroy,
@@ -299,7 +347,7 @@ int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_me
 			goto out_free;
 	}
 	err = -ENOMEM;
-	m->frames = mmap(NULL, (size_t)nf * FRAME_SIZE, PROT_READ | PROT_WRITE,
+	m->frames = mmap(NULL, (size_t)(nf + MEM_SPARE) * FRAME_SIZE, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (m->frames == MAP_FAILED) {
 		m->frames = NULL;

@@ -47,6 +47,7 @@ int dp_create(const struct dp_config *cfg, dp_t **out)
 		return err;
 	}
 	pthread_mutex_init(&dp->ctl_lock, NULL);
+	pthread_mutex_init(&dp->sp_lock, NULL);
 	*out = dp;
 	return 0;
 }
@@ -58,11 +59,14 @@ void dp_destroy(dp_t *dp)
 	dp_stop(dp);
 	if (dp->be)
 		dp->be->ops->destroy(dp->be);
-	for (uint32_t id = 0; id < DP_MAX_TENANTS; id++)
+	for (uint32_t id = 0; id < DP_MAX_TENANTS; id++) {
 		tenant_free(dp->tenants[id]);
+		slowpath_free(dp->sp[id]);
+	}
 	classifier_free(dp->cls);
 	sched_fini(&dp->sched);
 	pthread_mutex_destroy(&dp->ctl_lock);
+	pthread_mutex_destroy(&dp->sp_lock);
 	free(dp);
 }
 
@@ -297,5 +301,105 @@ int dp_process_one(dp_t *dp, uint8_t *frame, uint32_t *len, uint32_t cap, uint32
 	if (ret >= 0)
 		ret = pkt_copy_out(p, frame, len, cap) ?: ret;
 	free(p);
+	return ret;
+}
+
+/* ---- slow path ---- */
+
+/* hands the loop tenant id's new slow path (NULL: none); caller holds ctl_lock */
+static void slowpath_submit(struct dp *dp, uint32_t id, struct slowpath *sp)
+{
+	struct dp_cmd cmd = {.op = CMD_SLOWPATH_SET, .tenant = dp->tenants[id], .sp = sp};
+
+	submit(dp, &cmd);
+}
+
+int dp_slowpath_attach(dp_t *dp, uint32_t id, uint32_t depth)
+{
+	struct slowpath *sp;
+	int err;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (id >= DP_MAX_TENANTS || !dp->tenants[id]) {
+		err = -ENOENT;
+		goto out;
+	}
+	if (dp->sp[id]) {
+		err = -EEXIST;
+		goto out;
+	}
+	sp = slowpath_new(depth, &err);
+	if (!sp)
+		goto out;
+	/* readers and senders find it only once the loop has it */
+	slowpath_submit(dp, id, sp);
+	pthread_mutex_lock(&dp->sp_lock);
+	dp->sp[id] = sp;
+	pthread_mutex_unlock(&dp->sp_lock);
+out:
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
+int dp_slowpath_detach(dp_t *dp, uint32_t id)
+{
+	struct slowpath *sp;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	sp = id < DP_MAX_TENANTS ? dp->sp[id] : NULL;
+	if (!sp) {
+		pthread_mutex_unlock(&dp->ctl_lock);
+		return -ENOENT;
+	}
+	/* out of readers' and senders' reach, then out of the loop's: freed
+	 * when neither can touch it */
+	pthread_mutex_lock(&dp->sp_lock);
+	dp->sp[id] = NULL;
+	pthread_mutex_unlock(&dp->sp_lock);
+	slowpath_submit(dp, id, NULL);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	slowpath_free(sp);
+	return 0;
+}
+
+int dp_slowpath_read(dp_t *dp, uint32_t id, uint8_t *buf, uint32_t cap)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&dp->sp_lock);
+	if (id < DP_MAX_TENANTS && dp->sp[id])
+		ret = slowpath_read(dp->sp[id], buf, cap);
+	pthread_mutex_unlock(&dp->sp_lock);
+	return ret;
+}
+
+int dp_slowpath_send(dp_t *dp, uint32_t id, const uint8_t *frame, uint32_t len)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&dp->sp_lock);
+	if (id < DP_MAX_TENANTS && dp->sp[id]) {
+		/* the backend is only replaced under ctl_lock while stopped;
+		 * reading its ops here is a hint, the loop checks again */
+		struct backend *be = __atomic_load_n(&dp->be, __ATOMIC_ACQUIRE);
+
+		ret = be && !be->ops->alloc_burst ? -EOPNOTSUPP
+						  : slowpath_send(dp->sp[id], frame, len);
+	}
+	pthread_mutex_unlock(&dp->sp_lock);
+	return ret;
+}
+
+int dp_slowpath_pending(dp_t *dp, uint32_t id, uint32_t *to_read, uint32_t *to_send)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&dp->sp_lock);
+	if (id < DP_MAX_TENANTS && dp->sp[id]) {
+		*to_read = sp_ring_count(&dp->sp[id]->rx);
+		*to_send = sp_ring_count(&dp->sp[id]->tx);
+		ret = 0;
+	}
+	pthread_mutex_unlock(&dp->sp_lock);
 	return ret;
 }

@@ -12,6 +12,7 @@
 #include "handler.h"
 #include "isolane_dp.h"
 #include "policy.h"
+#include "slowpath.h"
 #include "tqueue.h"
 
 #define RX_BATCH_MAX 64u
@@ -29,6 +30,7 @@ struct tenant {
 	bool listed;               /* in the scheduler's active or broke ring */
 	struct dp_tenant_stats st;
 	uint64_t *hist;            /* DP_HIST_BUCKETS completion latencies, cycles */
+	struct slowpath *sp;       /* the loop's view of its slow path, NULL: none */
 };
 
 /* Control-to-loop commands. Control callers are serialised by ctl_lock and
@@ -39,6 +41,7 @@ enum dp_cmd_op {
 	CMD_RULES_SET,
 	CMD_RESET_STATS,
 	CMD_SET_HANDLER,
+	CMD_SLOWPATH_SET,
 };
 
 struct dp_cmd {
@@ -48,6 +51,7 @@ struct dp_cmd {
 	struct dp_tenant_config cfg;
 	struct classifier *cls;      /* RULES_SET: the new one in, the old one out */
 	struct handler handler;      /* SET_HANDLER: the tenant's new handler */
+	struct slowpath *sp;         /* SLOWPATH_SET: the new one, NULL to detach */
 	uint32_t done;               /* set by the loop (release) */
 };
 
@@ -70,6 +74,14 @@ struct dp {
 	uint32_t stop;              /* set by control, read by the loop */
 	pthread_mutex_t ctl_lock;
 	struct dp_cmd *cmd;         /* the command slot: NULL or pending */
+
+	/* slow paths: the loop's list of tenants with one (it sends their
+	 * frames), and control's table, under sp_lock, that readers and
+	 * senders go through so a detach never frees rings in use */
+	struct tenant *sp_tenants[DP_MAX_TENANTS];
+	uint32_t n_sp;
+	pthread_mutex_t sp_lock;
+	struct slowpath *sp[DP_MAX_TENANTS];
 };
 
 /* loop.c */

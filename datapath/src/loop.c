@@ -9,8 +9,12 @@
  *                turns; the time of every turn is measured with rdtsc and
  *                charged to its tenant (intervention point); stops after
  *                about quantum_ns so RX is polled again promptly
- *   flush_stage  carry out the verdicts: transmit, free, record completion
- *                latency (intervention point: the TX work is charged)
+ *   flush_stage  carry out the verdicts: transmit, copy passed packets to
+ *                their tenant's slow path, free, record completion latency
+ *                (intervention point: the TX work is charged)
+ *   slowpath_stage  (only with a slow path attached) transmit the frames
+ *                tenants sent through their slow path (intervention point:
+ *                the time is charged to the tenant)
  *   ctl_poll     refill budgets on time, apply a pending control command
  *
  * Nothing here allocates, locks, logs or makes a syscall.
@@ -281,7 +285,15 @@ static noinline void flush_stage(struct dp *dp, struct done_batch *done, uint64_
 			break;
 		case DP_XDP_PASS:
 			t->st.passed++;
-			t->st.drops[DP_DROP_NO_SLOWPATH]++;
+			if (!t->sp) {
+				t->st.drops[DP_DROP_NO_SLOWPATH]++;
+			} else if (unlikely(!slowpath_deliver(t->sp, p))) {
+				t->st.drops[DP_DROP_SLOWPATH_FULL]++;
+			} else {
+				t->st.sp_delivered++;
+				t->st.completed++;
+				hist_record(t->hist, since(now, p->ts_intended));
+			}
 			break;
 		default:
 			t->st.drops[DP_DROP_FAULT]++;
@@ -306,6 +318,64 @@ static noinline void flush_stage(struct dp *dp, struct done_batch *done, uint64_
 	if (n_drop)
 		dp->be->ops->free_burst(dp->be, drops, n_drop);
 
+}
+
+/*
+ * Sends what tenants queued on their slow paths: per tenant, as many frames
+ * as the backend has free frames for (up to SP_TX_BATCH), copied in and
+ * transmitted in one burst. Intervention point: the time from the tenant's
+ * first frame to its burst's end is charged to it, with the packets and
+ * bytes; under a budget policy a broke tenant's frames wait in its ring for
+ * credit. Returns the frames sent; *now is the last clock reading.
+ */
+static noinline uint32_t slowpath_stage(struct dp *dp, uint64_t *now)
+{
+	const bool acct = dp->cfg.accounting;
+	const bool budgets = dp->cfg.policy != DP_POLICY_FIFO;
+	struct backend *be = dp->be;
+	uint32_t total = 0;
+
+	if (unlikely(!be->ops->alloc_burst))
+		return 0;
+	for (uint32_t i = 0; i < dp->n_sp; i++) {
+		struct tenant *t = dp->sp_tenants[i];
+		struct slowpath *sp = t->sp;
+		struct pkt *pkts[SP_TX_BATCH];
+		struct sp_slot *slots[SP_TX_BATCH];
+		uint32_t want = sp_ring_count(&sp->tx), n, sent, bytes = 0;
+		uint64_t t0 = 0;
+
+		if (!want || (budgets && !budget_funded(&t->bucket, &t->cache)))
+			continue;
+		if (acct)
+			t0 = rdtsc();
+		n = be->ops->alloc_burst(be, pkts, MIN(want, SP_TX_BATCH));
+		n = spsc_pop(&sp->tx, (void **)slots, n); /* all n: only we consume */
+		for (uint32_t k = 0; k < n; k++) {
+			struct pkt *p = pkts[k];
+
+			p->len = slots[k]->len;
+			p->tenant = (uint16_t)t->id;
+			p->ts_intended = t0;
+			memcpy(pkt_data(p), slots[k]->data, p->len);
+			bytes += p->len;
+		}
+		spsc_push(&sp->tx_free, (void *const *)slots, n);
+		sent = n ? be->ops->tx_burst(be, pkts, n) : 0;
+		if (unlikely(sent < n)) {
+			t->st.drops[DP_DROP_TX_FULL] += n - sent;
+			be->ops->free_burst(be, pkts + sent, n - sent);
+		}
+		t->st.sp_sent += sent;
+		total += sent;
+		if (acct) {
+			*now = rdtsc();
+			charge(dp, t, since(*now, t0), n, bytes);
+		} else {
+			charge(dp, t, 0, n, bytes);
+		}
+	}
+	return total;
 }
 
 static void reset_stats(struct dp *dp)
@@ -348,6 +418,20 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 		t->handler = cmd->handler;
 		t->slice_pkts = handler_slice_pkts(&t->handler, dp->quantum_cycles, RUN_BATCH);
 		break;
+	case CMD_SLOWPATH_SET:
+		t = dp->tenants[cmd->tenant->id];
+		if (cmd->sp && !t->sp) {
+			dp->sp_tenants[dp->n_sp++] = t;
+		} else if (!cmd->sp && t->sp) {
+			for (uint32_t i = 0; i < dp->n_sp; i++) {
+				if (dp->sp_tenants[i] == t) {
+					dp->sp_tenants[i] = dp->sp_tenants[--dp->n_sp];
+					break;
+				}
+			}
+		}
+		t->sp = cmd->sp;
+		break;
 	case CMD_RULES_SET:
 		old = dp->cls;
 		dp->cls = cmd->cls;
@@ -387,6 +471,8 @@ void *dp_loop(void *arg)
 	dp->sched.last_refill = prev;
 	while (!__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE)) {
 		work = rx_stage(dp, &now);
+		if (unlikely(dp->n_sp))
+			work |= slowpath_stage(dp, &now);
 		done.n = 0;
 		done.run_cycles = 0;
 		if (run_stage(dp, &done, &now, &w)) {
