@@ -18,6 +18,10 @@
  * swapped, IPv4 length and checksum recomputed, UDP checksum 0 (RFC 768:
  * "no checksum").
  *
+ * The map is a cache: a GET whose key is not there goes to the tenant's
+ * slow path (XDP_PASS, the request unchanged), where the tenant's
+ * application (app.py) answers it from its own store.
+ *
  * Other UDP ports, non-UDP, fragments and IPv4 options: XDP_PASS (slow
  * path). A payload shorter than 20 bytes or a bad magic: XDP_DROP. */
 #include <isolane.h>
@@ -79,10 +83,9 @@ int kv(struct xdp_md *ctx)
 	__builtin_memcpy(key.b, m->key, KV_KEY_LEN);
 	if (op == 'G') {
 		found = kv_store.lookup(&key);
-		if (found)
-			reply_len = KV_FULL_LEN;
-		else
-			status = KV_NOT_FOUND;
+		if (!found)
+			return XDP_PASS; /* a cache miss: the application answers it */
+		reply_len = KV_FULL_LEN;
 	} else if (op == 'S') {
 		if ((void *)m + KV_FULL_LEN > data_end || p.payload_len < KV_FULL_LEN ||
 		    m->vlen > KV_VAL_LEN) {
