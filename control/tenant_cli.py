@@ -21,37 +21,55 @@ from rich.table import Table
 from .output import emit_json, print_table, stdout
 from .rpc_cli import daemon, json_option, wants_json
 
-HANDLERS = ["drop", "echo", "udp_echo"]
+HANDLERS = ["drop", "echo", "udp_echo"]  # the contract's native handlers (daemon_api.md)
 RULE_HELP = ("Match rule 'ip=A.B.C.D,proto=udp|tcp,port=N[,vlan=N]' (any subset of the "
              "keys); repeat for several rules.")
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+
+
+def _proto(value: str) -> str:
+    if value.lower() not in ("udp", "tcp"):
+        raise click.BadParameter(f"proto must be udp or tcp, not {value!r}")
+    return value.lower()
+
+
+def _int_in(lo: int, hi: int):
+    def parse(value: str) -> int:
+        if not value.isdigit() or not lo <= int(value) <= hi:
+            raise click.BadParameter(f"expected an integer in {lo}..{hi}, not {value!r}")
+        return int(value)
+    return parse
+
+
+# rule key on the command line -> (the contract's key, its parser)
+RULE_KEYS = {
+    "ip": ("ip_dst", _ipv4),
+    "proto": ("proto", _proto),
+    "port": ("dport", _int_in(1, 65535)),
+    "vlan": ("vlan", _int_in(0, 4095)),
+}
 
 
 def parse_rule(text: str) -> dict:
     """'ip=10.99.0.2,proto=udp,port=7,vlan=5' -> the contract's rule object."""
     rule = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        key, value = key.strip().lower(), value.strip()
+        key, sep, value = (x.strip() for x in item.partition("="))
         if not sep or not value:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE (in {text!r})")
-        if key in ("ip", "ip_dst"):
-            try:
-                rule["ip_dst"] = str(ipaddress.IPv4Address(value))
-            except ValueError:
-                raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
-        elif key == "proto":
-            if value.lower() not in ("udp", "tcp"):
-                raise click.BadParameter(f"proto must be udp or tcp, not {value!r}")
-            rule["proto"] = value.lower()
-        elif key in ("port", "dport", "vlan"):
-            limit = 65535 if key != "vlan" else 4095
-            if not value.isdigit() or not (key == "vlan" or int(value) > 0) \
-                    or int(value) > limit:
-                raise click.BadParameter(f"{key} must be an integer in "
-                                         f"{0 if key == 'vlan' else 1}..{limit}, not {value!r}")
-            rule["vlan" if key == "vlan" else "dport"] = int(value)
-        else:
-            raise click.BadParameter(f"unknown rule key {key!r}: use ip, proto, port, vlan")
+        if key.lower() not in RULE_KEYS:
+            raise click.BadParameter(f"unknown rule key {key!r}: use {', '.join(RULE_KEYS)}")
+        name, parse = RULE_KEYS[key.lower()]
+        try:
+            rule[name] = parse(value)
+        except click.BadParameter as e:
+            raise click.BadParameter(f"{key}: {e.message}") from None
     if not rule:
         raise click.BadParameter(f"empty rule {text!r}")
     return rule
@@ -62,7 +80,8 @@ def _rules(ctx, param, values):
 
 
 def format_rule(rule: dict) -> str:
-    names = {"ip_dst": "ip", "proto": "proto", "dport": "port", "vlan": "vlan"}
+    """The contract's rule object as the command line writes it."""
+    names = {name: key for key, (name, _) in RULE_KEYS.items()}
     return ",".join(f"{names.get(k, k)}={v}" for k, v in rule.items() if v is not None)
 
 

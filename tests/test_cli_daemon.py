@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from control.cli import main
 from control.client import Client, DaemonUnreachable
+from control.tenant_cli import format_rule, parse_rule
 
 pytestmark = pytest.mark.integration  # the daemon verifies programs in the kernel (root)
 
@@ -413,6 +414,16 @@ def test_usage_errors_exit_2_before_asking_the_daemon(tmp_path, args):
     r = isolane(tmp_path / "no-daemon.sock", *args)  # 2, not 4: no daemon was asked
     assert r.exit_code == 2, (args, r.stdout, r.stderr)
     assert "Usage:" in r.stderr or "Error:" in r.stderr
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("ip=10.99.0.2,proto=udp,port=7", {"ip_dst": "10.99.0.2", "proto": "udp", "dport": 7}),
+    ("proto=TCP, port=80, vlan=0", {"proto": "tcp", "dport": 80, "vlan": 0}),
+    ("vlan=4095", {"vlan": 4095}),
+])
+def test_rules_parse_to_the_contracts_objects_and_back(text, rule):
+    assert parse_rule(text) == rule
+    assert parse_rule(format_rule(rule)) == rule
 
 
 def test_daemon_invalid_params_exit_2(isolaned):
