@@ -142,7 +142,9 @@ class Api:
         drops = dict(st.drops)
         drops["xdp_drop"] = st.drop_verdict
         hub = self.plane.slowpath
-        slow = {"delivered": 0, "dropped": st.drops.get("no_slowpath", 0)}
+        # the datapath's own slow-path counters; the hub may know more (its socket's losses)
+        slow = {"delivered": getattr(st, "slowpath_delivered", 0),
+                "dropped": st.drops.get("slowpath_full", 0) + st.drops.get("no_slowpath", 0)}
         if hub is not None and hasattr(hub, "tenant_stats"):
             try:
                 slow = dict(hub.tenant_stats(t["id"]))
@@ -439,6 +441,8 @@ class Api:
     def restore(self) -> None:
         """Puts every tenant, rule and program of the state back into the
         datapath, each program re-built and re-verified in the kernel."""
+        # scratch sources of builds a kill interrupted
+        shutil.rmtree(Path(self.cfg.state_dir) / "build", ignore_errors=True)
         tenants = self.state.tenants()
         for t in tenants:
             self.plane.add_tenant(t)

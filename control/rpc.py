@@ -262,12 +262,13 @@ class Server:
 
     def close(self) -> None:
         self._closing = True
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
+        if self._sock is None:
+            return  # never bound: the path may be another daemon's
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
