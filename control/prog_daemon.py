@@ -7,6 +7,7 @@ prints the verifier's reason and log and exits 3, like `prog check`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import pathlib
 
@@ -14,7 +15,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .output import emit_json, print_table, stdout
+from .output import emit_json, print_table, stderr, stdout
 from .rpc_cli import daemon, json_option, wants_json
 
 
@@ -34,6 +35,13 @@ def read_source(path: pathlib.Path) -> tuple[str, dict, str]:
         raise click.BadParameter(str(e), param_hint="SOURCE") from None
     label = config.get("name") or (src.parent.name if src.name == HANDLER_FILE else src.stem)
     return text, config, label
+
+
+def _working(what: str, as_json: bool):
+    """A spinner on stderr while the daemon builds (seconds), for people only."""
+    if as_json or not stderr.is_terminal:
+        return contextlib.nullcontext()
+    return stderr.status(escape(what) + " ...")
 
 
 def _summary(p: dict) -> str:
@@ -78,9 +86,11 @@ def load(tenant_ref, source, engine, function, loop_budget, label, as_json):
     text, config, default_label = read_source(source)
     if loop_budget is None:
         loop_budget = config.get("loop_budget")
-    p = daemon(as_json)("prog.load", tenant=_ref(tenant_ref), source=text,
-                        name=label or default_label, engine=engine,
-                        function=function or config.get("function"), loop_budget=loop_budget)
+    call = daemon(as_json).connect()
+    with _working(f"isolaned compiles, verifies and bounds {source}", as_json=call.as_json):
+        p = call("prog.load", tenant=_ref(tenant_ref), source=text, name=label or default_label,
+                 engine=engine, function=function or config.get("function"),
+                 loop_budget=loop_budget)
     if wants_json(as_json):
         emit_json(p)
         return

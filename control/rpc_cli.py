@@ -66,13 +66,20 @@ class Daemon:
         self.json_lines = json_lines  # the error is one more line of a JSON-lines stream
         self.client = Client(_state().socket or default_socket_path())
 
+    def connect(self) -> "Daemon":
+        """Connects now (or exits 4), before a long call shows a spinner."""
+        try:
+            self.client.connect()
+        except DaemonUnreachable as e:
+            self._unreachable(e)
+        return self
+
     def __call__(self, method: str, **params):
         params = {k: v for k, v in params.items() if v is not None}
         try:
             return self.client.call(method, **params)
         except DaemonUnreachable as e:
-            self._exit(str(e), EXIT_UNREACHABLE, {"code": None, "name": "unreachable",
-                                                  "message": str(e), "data": None})
+            self._unreachable(e)
         except RpcError as e:
             name, code = ERRORS.get(e.code, ("error", EXIT_FAILED))
             error = {"code": e.code, "name": name, "message": e.message, "data": e.data}
@@ -81,6 +88,10 @@ class Daemon:
                 self._exit(f"rejected: {data.get('reason') or e.message}", code, error,
                            detail=data.get("log"))
             self._exit(e.message if name in e.message else f"{e.message} ({name})", code, error)
+
+    def _unreachable(self, e: DaemonUnreachable) -> None:
+        self._exit(str(e), EXIT_UNREACHABLE, {"code": None, "name": "unreachable",
+                                              "message": str(e), "data": None})
 
     def _exit(self, message: str, code: int, error: dict, detail: str | None = None) -> None:
         self.client.close()
