@@ -187,7 +187,8 @@ def top(interval_s, once, as_json):
     cycles charged to tenants, CORE % its part of the fast-path core's time
     (compare with its --share). BALANCE us is the budget it holds now
     (negative: a debt it pays back before it runs again). With -j every
-    refresh is one JSON object per line. Ctrl-C quits.
+    refresh is one JSON object per line; piped, one table per refresh.
+    Ctrl-C quits.
 
     \b
     Examples:
@@ -199,7 +200,7 @@ def top(interval_s, once, as_json):
     call = daemon(as_json, json_lines=True)
     view = TopView()
     try:
-        if once or as_json:
+        if once or as_json or not stdout.is_terminal:  # batch mode, as `top -b`
             while True:
                 result = call("stats")
                 rows = view.rows(result)

@@ -349,6 +349,20 @@ def test_top_live_ends_cleanly_on_ctrl_c(isolaned):
     assert "isolane top" in text and "Traceback" not in text
 
 
+def test_top_piped_prints_one_table_per_refresh(isolaned):
+    """Not on a terminal (and without -j), top runs in batch mode like `top -b`."""
+    top = subprocess.Popen([str(ISOLANE), "--socket", isolaned, "top", "--interval", "0.1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    titles = 0
+    while titles < 3:
+        line = top.stdout.readline()
+        assert line, top.stderr.read()
+        titles += line.startswith("isolane top")
+    top.send_signal(signal.SIGINT)
+    _, err = top.communicate(timeout=30)
+    assert top.returncode == 0 and "Traceback" not in err
+
+
 def test_top_exits_4_when_the_daemon_goes_away():
     """A JSON-lines stream ends with the error as one more line, and exit 4."""
     with running_isolaned() as (sock, proc):
