@@ -18,7 +18,7 @@ from datapath.errors import ConfigError
 
 log = logging.getLogger("isolaned.plane")
 
-IDLE_FOREVER_S = 1e9  # ~31 years: the mem backend's generator never ends
+IDLE_GENERATOR_S = 1e-6  # the idle mem generator ends at once (nothing to send)
 
 
 class Plane:
@@ -46,17 +46,19 @@ class Plane:
 
     def _idle_mem_backend(self) -> None:
         """The mem backend with no traffic: what a daemon without a NIC runs
-        (development, tests, the control plane's own benchmarks)."""
+        (development, tests, the control plane's own benchmarks). Its
+        generator is given a moment's duration, so its thread ends at once
+        instead of busy-polling a core for nothing; the loop still runs."""
         core = self.cfg.generator_core
         try:
-            self.dp.use_mem_backend([], duration_s=IDLE_FOREVER_S, core=core)
+            self.dp.use_mem_backend([], duration_s=IDLE_GENERATOR_S, core=core)
             return
         except ConfigError:
             pass
-        # This datapath refuses a generator without flows: one flow that is
-        # due once in ~11 days (Poisson, 1e-6 pps) of a frame no rule matches.
+        # This datapath refuses a generator without flows: one flow of a
+        # frame no rule matches, due in ~11 days, i.e. after the generator ended.
         dormant = Flow(frame=b"\xff" * 12 + b"\x88\xb5" + bytes(46), rate_pps=1e-6)
-        self.dp.use_mem_backend([dormant], duration_s=IDLE_FOREVER_S, core=core)
+        self.dp.use_mem_backend([dormant], duration_s=IDLE_GENERATOR_S, core=core)
         log.debug("mem backend: one dormant flow (the datapath needs >= 1 flow)")
 
     def _afxdp_backend(self) -> None:

@@ -72,7 +72,8 @@ class State:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.path = self.dir / "state.db"
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()   # the writer (changes)
+        self._rlock = threading.Lock()   # the reader connection
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -80,10 +81,18 @@ class State:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StateError(f"{self.path}: sqlite refused WAL mode (got {mode})")
-            self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
+            # NORMAL in WAL mode: a commit survives the process's death (kill -9)
+            # without an fsync per commit; a power cut may lose the last commits,
+            # never the database's consistency
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            # reads go through their own connection: WAL lets them see the last
+            # commit while a change (holding the writer) waits for the datapath
+            self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._rdb.row_factory = sqlite3.Row
+            self._rdb.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as e:
             raise StateError(f"{self.path}: {e}") from None
         os.chmod(self.path, 0o600)  # holds every tenant's source: root only
@@ -107,8 +116,9 @@ class State:
         return self._lock
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._rlock:
             self._db.close()
+            self._rdb.close()
 
     @contextlib.contextmanager
     def change(self):
@@ -126,23 +136,33 @@ class State:
 
     # ---- reads
 
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """One read transaction: tenants and their rules from the same commit."""
+        with self._rlock:
+            self._rdb.execute("BEGIN")
+            try:
+                yield self._rdb
+            finally:
+                self._rdb.execute("COMMIT")
+
     def tenants(self) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM tenants ORDER BY id").fetchall()
+        with self._snapshot() as db:
+            rows = db.execute("SELECT * FROM tenants ORDER BY id").fetchall()
             return [self._tenant(row) for row in rows]
 
     def tenant(self, key) -> dict | None:
         """By numeric id (int or digit string) or by name."""
-        with self._lock:
+        with self._snapshot():
             if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-                row = self._db.execute("SELECT * FROM tenants WHERE id=?", (int(key),)).fetchone()
+                row = self._rdb.execute("SELECT * FROM tenants WHERE id=?", (int(key),)).fetchone()
             else:
-                row = self._db.execute("SELECT * FROM tenants WHERE name=?", (key,)).fetchone()
+                row = self._rdb.execute("SELECT * FROM tenants WHERE name=?", (key,)).fetchone()
             return self._tenant(row) if row else None
 
     def _tenant(self, row) -> dict:
         t = dict(row)
-        t["rules"] = [dict(r) for r in self._db.execute(
+        t["rules"] = [dict(r) for r in self._rdb.execute(
             "SELECT ip_dst, proto, dport, vlan FROM rules WHERE tenant=? ORDER BY pos", (t["id"],))]
         for r in t["rules"]:
             for k in [k for k, v in r.items() if v is None]:
@@ -150,27 +170,27 @@ class State:
         return t
 
     def all_rules(self) -> list[tuple[int, dict]]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM rules ORDER BY tenant, pos").fetchall()
+        with self._rlock:
+            rows = self._rdb.execute("SELECT * FROM rules ORDER BY tenant, pos").fetchall()
             return [(r["tenant"], {k: r[k] for k in RULE_COLS if r[k] is not None}) for r in rows]
 
     def program(self, tenant_id: int) -> dict | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM programs WHERE tenant=?", (tenant_id,)).fetchone()
+        with self._rlock:
+            row = self._rdb.execute("SELECT * FROM programs WHERE tenant=?", (tenant_id,)).fetchone()
             return dict(row) if row else None
 
     def programs(self) -> list[dict]:
-        with self._lock:
-            return [dict(r) for r in self._db.execute("SELECT * FROM programs ORDER BY tenant")]
+        with self._rlock:
+            return [dict(r) for r in self._rdb.execute("SELECT * FROM programs ORDER BY tenant")]
 
     def counts(self) -> tuple[int, int]:
-        with self._lock:
-            return (self._db.execute("SELECT count(*) FROM tenants").fetchone()[0],
-                    self._db.execute("SELECT count(*) FROM programs").fetchone()[0])
+        with self._rlock:
+            return (self._rdb.execute("SELECT count(*) FROM tenants").fetchone()[0],
+                    self._rdb.execute("SELECT count(*) FROM programs").fetchone()[0])
 
     def integrity(self) -> str:
-        with self._lock:
-            return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+        with self._rlock:
+            return self._rdb.execute("PRAGMA integrity_check").fetchone()[0]
 
     # ---- writes (call inside change())
 
