@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import pty
+import select
 import shutil
 import signal
 import subprocess
@@ -333,7 +334,8 @@ def test_top_live_ends_cleanly_on_ctrl_c(isolaned):
     out = b""
     deadline = time.monotonic() + 30
     while out.count(b"TENANT") < 2 and time.monotonic() < deadline:  # two frames drawn
-        out += os.read(fd, 65536)
+        if select.select([fd], [], [], 1.0)[0]:
+            out += os.read(fd, 65536)
     os.kill(pid, signal.SIGINT)
     while True:
         try:
