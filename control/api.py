@@ -38,6 +38,18 @@ log = logging.getLogger("isolaned.api")
 audit = logging.getLogger("isolaned.audit")
 
 
+class Installable:
+    """What the plane installs: the engine's program and its maps (the
+    RINGBUF ones feed the tenant's slow path)."""
+
+    RINGBUF = 27  # BPF_MAP_TYPE_RINGBUF
+
+    def __init__(self, engine_program, maps: dict, specs):
+        self.engine_program = engine_program
+        self.maps = maps
+        self.ringbufs = [maps[s.name] for s in specs if s.type == self.RINGBUF]
+
+
 def _hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -145,9 +157,12 @@ class Api:
         # the datapath's own slow-path counters; the hub may know more (its socket's losses)
         slow = {"delivered": getattr(st, "slowpath_delivered", 0),
                 "dropped": st.drops.get("slowpath_full", 0) + st.drops.get("no_slowpath", 0)}
-        if hub is not None and hasattr(hub, "tenant_stats"):
+        if hub is not None:
             try:
-                slow = dict(hub.tenant_stats(t["id"]))
+                hs = hub.stats(t["id"])
+                slow = {"delivered": hs["delivered"],
+                        "dropped": hs["dropped"] + hs.get("ring_dropped", 0),
+                        "sent": hs.get("sent", 0), "clients": hs.get("clients", 0)}
             except Exception as e:
                 log.warning("slow path stats for tenant %d: %s", t["id"], e)
         return {"id": t["id"], "name": t["name"], "rx": st.rx, "tx": st.tx, "passed": st.passed,
@@ -350,7 +365,7 @@ class Api:
 
     def _build(self, source: str, label: str, engine: str, function, loop_budget):
         """Compile, verify in the kernel, relocate, bound, translate: the
-        engine's program, or -32001 with the verifier's own log."""
+        TenantProgram and its Installable, or -32001 with the verifier's own log."""
         from ebpf import engines
         from ebpf.errors import CompileError, ToolchainError, VerifierError
         from ebpf.toolchain import build
@@ -371,8 +386,12 @@ class Api:
                 except ToolchainError as e:
                     raise RpcFault(REJECTED, str(e), {"reason": str(e), "log": ""}) from None
                 try:
-                    loaded = (engines.load_aot(program).aot if engine == "aot"
-                              else engines.load_interp(program).vm)
+                    if engine == "aot":
+                        got = engines.load_aot(program)
+                        loaded = Installable(got.aot, got.maps, program.maps)
+                    else:
+                        got = engines.load_interp(program)
+                        loaded = Installable(got.vm, got.maps, program.maps)
                 finally:
                     if program.bpf is not None:  # the kernel copy proved it; free it
                         program.bpf.cleanup()
@@ -430,8 +449,8 @@ class Api:
         p.end()
         hub = self.plane.slowpath
         path = None
-        if hub is not None and hasattr(hub, "endpoint"):
-            path = str(hub.endpoint(t["id"]))
+        if hub is not None:
+            path = str(hub.path(t["name"]))
         if path is None:
             path = str(Path(self.cfg.state_dir) / "slowpath" / f"{t['name']}.sock")
         return {"path": path, "available": hub is not None}

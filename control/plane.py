@@ -14,7 +14,7 @@ import threading
 import time
 
 from datapath import Datapath, Flow, Rule, TenantConfig
-from datapath.errors import ConfigError
+from datapath.errors import ConfigError, NotFoundError
 
 log = logging.getLogger("isolaned.plane")
 
@@ -109,13 +109,13 @@ class Plane:
                                   "datapath frees its slot when isolaned restarts")
             self.dp.add_tenant(t["id"], self.tenant_config(t))
             try:
+                if self.slowpath is not None:
+                    self.slowpath.add_tenant(t["id"], t["name"], t.get("owner_uid"),
+                                             t.get("owner_gid"))
                 self._set_rules({**self.rules, t["id"]: t.get("rules", [])})
             except Exception:
                 self._retire(t["id"])
                 raise
-            if self.slowpath is not None:
-                self.slowpath.add_tenant(t["id"], t["name"], t.get("owner_uid"),
-                                         t.get("owner_gid"))
 
     def set_tenant(self, tid: int, t: dict, rules: list[dict] | None) -> None:
         with self.lock:
@@ -151,6 +151,8 @@ class Plane:
         if self.slowpath is not None:
             try:
                 self.slowpath.remove_tenant(tid)
+            except NotFoundError:
+                pass  # it never got one (a failed add)
             except Exception as e:
                 log.warning("slow path: removing tenant %d: %s", tid, e)
 
@@ -176,15 +178,20 @@ class Plane:
 
     # ---- programs
 
-    def set_program(self, tid: int, engine_program, bound_ns: int) -> None:
+    def set_program(self, tid: int, loaded, bound_ns: int) -> None:
+        """loaded: api.Installable (the engine's program and its maps)."""
         with self.lock:
-            self.dp.set_program(tid, engine_program, bound_ns=bound_ns)
-            self.programs[tid] = engine_program
+            self.dp.set_program(tid, loaded.engine_program, bound_ns=bound_ns)
+            self.programs[tid] = loaded
+            if self.slowpath is not None:
+                self.slowpath.set_ringbuf_maps(tid, loaded.ringbufs)
 
     def clear_program(self, tid: int) -> None:
         with self.lock:
             self.dp.clear_program(tid)
             self.programs.pop(tid, None)
+            if self.slowpath is not None:
+                self.slowpath.set_ringbuf_maps(tid, [])
 
     # ---- observation (reads need no lock: the C side reads counters racily but safely)
 

@@ -260,7 +260,10 @@ def test_stats_and_metrics(daemon, client):
         assert 'isolane_tenant_latency_seconds_bucket{id="%d",le="+Inf",tenant="obs"} 0.0' % t["id"] in text
         assert "isolane_stalls_total" in text
         info = client.call("slowpath.info", tenant="obs")
-        assert info["path"].endswith("obs.sock")
+        assert info["path"].endswith("/slowpath/obs.sock")
+        if info["available"]:  # the tenant's endpoint exists while the tenant does
+            assert Path(info["path"]).is_socket()
+            assert set(mine[0]["slowpath"]) >= {"delivered", "dropped"}
     finally:
         client.call("tenant.del", tenant="obs")
 

@@ -187,3 +187,33 @@ def test_admin_group_member_manages_tenants(daemon):
     assert ok(r[0])["owner"] == {"uid": 4242, "gid": None, "spec": "uid:4242"}
     assert {"ta", "tb", "tteam", "byadm"} <= {t["name"] for t in ok(r[1])}
     assert ok(r[2]) == {"deleted": "byadm"}
+
+
+CONNECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except PermissionError:
+    print("denied")
+"""
+
+
+def test_slow_path_endpoint_belongs_to_its_tenant(daemon, users):
+    uids, _ = users
+    with Client(daemon.socket) as c:
+        info = c.call("slowpath.info", tenant="ta")
+    assert info["available"], "the daemon runs no slow path hub"
+    st = os.stat(info["path"])
+    assert st.st_uid == uids["isl-test-a"] and st.st_mode & 0o777 == 0o660
+
+    def connect_as(user):
+        pw = pwd.getpwnam(user)
+        out = subprocess.run([sys.executable, "-c", CONNECT, info["path"]], user=pw.pw_uid,
+                             group=pw.pw_gid, extra_groups=[], capture_output=True, text=True,
+                             timeout=60, cwd="/")
+        return out.stdout.strip()
+
+    assert connect_as("isl-test-a") == "connected"
+    assert connect_as("isl-test-b") == "denied"
