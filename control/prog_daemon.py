@@ -16,11 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .output import emit_json, print_table, stderr, stdout
-from .rpc_cli import daemon, json_option, wants_json
-
-
-def _ref(text: str):
-    return int(text) if text.isdigit() else text
+from .rpc_cli import daemon, json_option, tenant_ref, wants_json
 
 
 def read_source(path: pathlib.Path) -> tuple[str, dict, str]:
@@ -57,7 +53,7 @@ def _when(ts) -> str:
 
 
 @click.command()
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @click.argument("source", metavar="SOURCE",
                 type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("--engine", type=click.Choice(["aot", "interp"]), default="aot", show_default=True,
@@ -69,7 +65,7 @@ def _when(ts) -> str:
 @click.option("--name", "label", help="A label for the program (default: tenant.toml's name, "
                                       "else the file's).")
 @json_option
-def load(tenant_ref, source, engine, function, loop_budget, label, as_json):
+def load(ref, source, engine, function, loop_budget, label, as_json):
     """Load SOURCE as TENANT's packet handler, replacing the one it runs.
 
     SOURCE is a restricted-C XDP file or a tenant folder (handler.c and
@@ -88,7 +84,7 @@ def load(tenant_ref, source, engine, function, loop_budget, label, as_json):
         loop_budget = config.get("loop_budget")
     call = daemon(as_json).connect()
     with _working(f"isolaned compiles, verifies and bounds {source}", as_json=call.as_json):
-        p = call("prog.load", tenant=_ref(tenant_ref), source=text, name=label or default_label,
+        p = call("prog.load", tenant=tenant_ref(ref), source=text, name=label or default_label,
                  engine=engine, function=function or config.get("function"),
                  loop_budget=loop_budget)
     if wants_json(as_json):
@@ -100,21 +96,21 @@ def load(tenant_ref, source, engine, function, loop_budget, label, as_json):
 
 
 @click.command()
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @json_option
-def unload(tenant_ref, as_json):
+def unload(ref, as_json):
     """Remove TENANT's program; its native handler takes over again.
 
     \b
     Example:
       isolane prog unload web
     """
-    result = daemon(as_json)("prog.unload", tenant=_ref(tenant_ref))
+    result = daemon(as_json)("prog.unload", tenant=tenant_ref(ref))
     if wants_json(as_json):
         emit_json(result)
         return
     stdout.print(f"unloaded {escape(str(result['unloaded']))} from tenant "
-                 f"[bold]{escape(tenant_ref)}[/]", highlight=False)
+                 f"[bold]{escape(ref)}[/]", highlight=False)
 
 
 @click.command("list")
@@ -146,11 +142,11 @@ def list_(as_json):
 
 
 @click.command()
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @click.option("--source", "only_source", is_flag=True,
               help="Print only the program's C source (to save or diff it).")
 @json_option
-def show(tenant_ref, only_source, as_json):
+def show(ref, only_source, as_json):
     """Show TENANT's program: engine, size, bounds, hash, load time.
 
     \b
@@ -158,7 +154,7 @@ def show(tenant_ref, only_source, as_json):
       isolane prog show web
       isolane prog show web --source > handler.c
     """
-    p = daemon(as_json)("prog.show", tenant=_ref(tenant_ref))
+    p = daemon(as_json)("prog.show", tenant=tenant_ref(ref))
     if wants_json(as_json):
         emit_json(p)
         return

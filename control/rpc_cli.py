@@ -103,5 +103,11 @@ class Daemon:
         self.client.close()
 
 
+def tenant_ref(text: str) -> int | str:
+    """A tenant given as digits is its id; anything else is its name (names
+    start with a letter)."""
+    return int(text) if text.isdigit() else text
+
+
 def daemon(as_json: bool, json_lines: bool = False) -> Daemon:
     return Daemon(wants_json(as_json), json_lines)

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .output import emit_json, print_table, stdout
-from .rpc_cli import daemon, json_option, wants_json
+from .rpc_cli import daemon, json_option, tenant_ref, wants_json
 
 
 def _n(value) -> str:
@@ -66,9 +66,9 @@ def describe_stats(t: dict) -> list[tuple[str, str]]:
 
 
 @click.command()
-@click.argument("tenant_ref", metavar="[TENANT]", required=False)
+@click.argument("ref", metavar="[TENANT]", required=False)
 @json_option
-def stats(tenant_ref, as_json):
+def stats(ref, as_json):
     """Per-tenant packet, drop, cycle, budget and latency counters.
 
     Without TENANT: every tenant you may see (admin: all).
@@ -78,9 +78,7 @@ def stats(tenant_ref, as_json):
       isolane stats
       isolane stats web -j | jq '.tenants[0].latency_us.p99'
     """
-    ref = None if tenant_ref is None else (int(tenant_ref) if tenant_ref.isdigit()
-                                          else tenant_ref)
-    result = daemon(as_json)("stats", tenant=ref)
+    result = daemon(as_json)("stats", tenant=None if ref is None else tenant_ref(ref))
     if wants_json(as_json):
         emit_json(result)
         return

@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .output import emit_json, print_table, stdout
-from .rpc_cli import daemon, json_option, wants_json
+from .rpc_cli import daemon, json_option, tenant_ref, wants_json
+from .stats_cli import describe_stats
 
 HANDLERS = ["drop", "echo", "udp_echo"]  # the contract's native handlers (daemon_api.md)
 RULE_HELP = ("Match rule 'ip=A.B.C.D,proto=udp|tcp,port=N[,vlan=N]' (any subset of the "
@@ -151,11 +152,11 @@ def add(name, owner, share, cap_us, queue_cap, handler, rules, tenant_id, as_jso
 
 
 @tenant.command("set")
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @_budget_options(required=False)
 @click.option("--clear-rules", is_flag=True, help="Remove every match rule.")
 @json_option
-def set_(tenant_ref, share, cap_us, queue_cap, handler, rules, clear_rules, as_json):
+def set_(ref, share, cap_us, queue_cap, handler, rules, clear_rules, as_json):
     """Change a tenant's budget, queue, native handler or rules (admin).
 
     --rule replaces the whole rule set with the rules given.
@@ -173,7 +174,7 @@ def set_(tenant_ref, share, cap_us, queue_cap, handler, rules, clear_rules, as_j
         raise click.UsageError("nothing to change: give --share, --cap-us, --queue-cap, "
                                "--handler, --rule or --clear-rules")
     call = daemon(as_json)
-    t = call("tenant.set", tenant=_ref(tenant_ref), share=share, cap_us=cap_us,
+    t = call("tenant.set", tenant=tenant_ref(ref), share=share, cap_us=cap_us,
              queue_cap=queue_cap, handler=handler, rules=rules)
     if wants_json(as_json):
         emit_json(t)
@@ -183,16 +184,16 @@ def set_(tenant_ref, share, cap_us, queue_cap, handler, rules, clear_rules, as_j
 
 
 @tenant.command("del")
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @json_option
-def del_(tenant_ref, as_json):
+def del_(ref, as_json):
     """Delete a tenant, its rules and its program (admin).
 
     \b
     Example:
       isolane tenant del web
     """
-    result = daemon(as_json)("tenant.del", tenant=_ref(tenant_ref))
+    result = daemon(as_json)("tenant.del", tenant=tenant_ref(ref))
     if wants_json(as_json):
         emit_json(result)
         return
@@ -230,16 +231,16 @@ def list_(as_json):
 
 
 @tenant.command()
-@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("ref", metavar="TENANT")
 @json_option
-def show(tenant_ref, as_json):
+def show(ref, as_json):
     """Show a tenant's configuration, program and figures.
 
     \b
     Example:
       isolane tenant show web
     """
-    t = daemon(as_json)("tenant.show", tenant=_ref(tenant_ref))
+    t = daemon(as_json)("tenant.show", tenant=tenant_ref(ref))
     if wants_json(as_json):
         emit_json(t)
         return
@@ -247,15 +248,8 @@ def show(tenant_ref, as_json):
     _print_tenant(t)
     s = t.get("stats")
     if s:
-        from .stats_cli import describe_stats
-
         for key, value in describe_stats(s):
             stdout.print(f"  {key:<13} {escape(value)}", highlight=False)
-
-
-def _ref(text: str):
-    """A tenant given as digits is its id; anything else is its name."""
-    return int(text) if text.isdigit() else text
 
 
 def _owner(t: dict) -> str:
