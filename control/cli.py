@@ -3,8 +3,9 @@
 Through the daemon (isolaned, on --socket / $ISOLANE_SOCKET, default
 /run/isolane/isolaned.sock):
 
-    isolane tenant add NAME --owner USER|uid:N|group:G|gid:N --share S --cap-us C
+    isolane tenant add NAME --owner USER|uid:N|group:G|gid:N [--share S] [--cap-us C]
                        [--queue-cap N] [--handler drop|echo|udp_echo] [--rule RULE]...
+                       (what is not given: isolaned's [tenant_defaults])
     isolane tenant set TENANT [--share S] [--cap-us C] [--queue-cap N] [--handler H]
                        [--rule RULE]... [--clear-rules]
     isolane tenant del|show TENANT

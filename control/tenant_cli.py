@@ -86,26 +86,22 @@ def format_rule(rule: dict) -> str:
     return ",".join(f"{names.get(k, k)}={v}" for k, v in rule.items() if v is not None)
 
 
-def _budget_options(required: bool):
-    """--share, --cap-us, --queue-cap, --handler and --rule: add requires
-    the budget, set changes whatever it is given."""
-    def decorate(f):
-        f = click.option("--rule", "rules", multiple=True, callback=_rules, metavar="RULE",
-                         help=RULE_HELP)(f)
-        f = click.option("--handler", type=click.Choice(HANDLERS),
-                         help="Native handler used while no program is loaded "
-                              "(daemon default: drop).")(f)
-        f = click.option("--queue-cap", type=click.IntRange(min=1),
-                         help="Packets the tenant's queue holds before it drops "
-                              "(daemon default: 1024).")(f)
-        f = click.option("--cap-us", type=click.FloatRange(min=0, min_open=True),
-                         required=required,
-                         help="Burst cap: the most budget the tenant may hold, in us.")(f)
-        f = click.option("--share", type=click.FloatRange(min=0, max=1, min_open=True),
-                         required=required,
-                         help="Fraction of each fast-path core's cycles (0 < S <= 1).")(f)
-        return f
-    return decorate
+def _budget_options(f):
+    """--share, --cap-us, --queue-cap, --handler and --rule, for add and set:
+    what add is not given comes from isolaned's [tenant_defaults]; set
+    changes only what it is given."""
+    f = click.option("--rule", "rules", multiple=True, callback=_rules, metavar="RULE",
+                     help=RULE_HELP)(f)
+    f = click.option("--handler", type=click.Choice(HANDLERS),
+                     help="Native handler used while no program is loaded.")(f)
+    f = click.option("--queue-cap", type=click.IntRange(min=2),
+                     help="Packets the tenant's queue holds before it drops (a power of "
+                          "two).")(f)
+    f = click.option("--cap-us", type=click.FloatRange(min=0, min_open=True),
+                     help="Burst cap: the most budget the tenant may hold, in us.")(f)
+    f = click.option("--share", type=click.FloatRange(min=0, max=1, min_open=True),
+                     help="Fraction of each fast-path core's cycles (0 < S <= 1).")(f)
+    return f
 
 
 @click.group()
@@ -126,12 +122,14 @@ def tenant():
 @click.argument("name")
 @click.option("--owner", required=True, metavar="USER|uid:N|group:G|gid:N",
               help="Who manages the tenant's programs and reads its stats.")
-@_budget_options(required=True)
+@_budget_options
 @click.option("--id", "tenant_id", type=click.IntRange(min=0),
               help="Numeric id (default: the daemon picks the next free one).")
 @json_option
 def add(name, owner, share, cap_us, queue_cap, handler, rules, tenant_id, as_json):
     """Add tenant NAME with a budget and match rules (admin).
+
+    Options not given take the values of isolaned's [tenant_defaults].
 
     \b
     Example:
@@ -153,7 +151,7 @@ def add(name, owner, share, cap_us, queue_cap, handler, rules, tenant_id, as_jso
 
 @tenant.command("set")
 @click.argument("ref", metavar="TENANT")
-@_budget_options(required=False)
+@_budget_options
 @click.option("--clear-rules", is_flag=True, help="Remove every match rule.")
 @json_option
 def set_(ref, share, cap_us, queue_cap, handler, rules, clear_rules, as_json):

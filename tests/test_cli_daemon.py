@@ -164,6 +164,15 @@ def test_tenant_add_list_show_set_del(isolaned):
                              as_json(isolane(isolaned, "tenant", "list", "-j"))]
 
 
+def test_tenant_add_takes_the_daemons_defaults_for_what_it_is_not_given(isolaned):
+    t = as_json(isolane(isolaned, "tenant", "add", "cli-dflt", "--owner", "root", "-j"))
+    try:  # isolaned's built-in [tenant_defaults]: the test config sets none
+        assert (t["share"], t["cap_us"], t["queue_cap"], t["handler"], t["rules"]) == \
+            (pytest.approx(0.1), pytest.approx(100), 1024, "drop", [])
+    finally:
+        isolane(isolaned, "tenant", "del", "cli-dflt")
+
+
 def test_daemon_errors_exit_1_with_the_daemons_message(isolaned):
     missing = isolane(isolaned, "tenant", "show", "cli-nobody")
     assert missing.exit_code == 1
@@ -442,13 +451,15 @@ def test_rules_parse_to_the_contracts_objects_and_back(text, rule):
     assert parse_rule(format_rule(rule)) == rule
 
 
-def test_daemon_invalid_params_exit_2(isolaned):
-    """A value only the daemon can judge (here an owner that names no user)
-    is a usage error too."""
-    r = isolane(isolaned, "tenant", "add", "cli-owner", "--owner", "no-such-user-xyz",
-                "--share", "0.1", "--cap-us", "5")
+@pytest.mark.parametrize("args, named", [
+    (["--owner", "no-such-user-xyz"], "no-such-user-xyz"),   # no such user on this host
+    (["--owner", "root", "--queue-cap", "1000"], "power of two"),
+])
+def test_daemon_invalid_params_exit_2(isolaned, args, named):
+    """A value only the daemon can judge is a usage error too."""
+    r = isolane(isolaned, "tenant", "add", "cli-invalid", *args)
     assert r.exit_code == 2, (r.stdout, r.stderr)
-    assert "no-such-user-xyz" in r.stderr
+    assert named in r.stderr
 
 
 def test_help_explains_every_command_with_an_example():
