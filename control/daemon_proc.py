@@ -25,6 +25,7 @@ class DaemonFailed(RuntimeError):
 class LocalDaemon:
     def __init__(self, root: str | os.PathLike | None = None, *, metrics: str = "",
                  admin_group: str = "isolane", policy: str = "cycles", core: int | None = None,
+                 backend: str = "mem",
                  log_level: str = "info", extra_toml: str = ""):
         # the socket's directory must be searchable by the unprivileged
         # users the tests connect as; the state stays root-only
@@ -41,7 +42,7 @@ class LocalDaemon:
         self.config_path.write_text(
             f'[daemon]\nstate_dir = "{self.state_dir}"\nsocket = "{self.socket}"\n'
             f'admin_group = "{admin_group}"\nmetrics = "{metrics}"\nlog_level = "{log_level}"\n'
-            f'[datapath]\nbackend = "mem"\npolicy = "{policy}"\ncores = [{core}]\n{extra_toml}')
+            f'[datapath]\nbackend = "{backend}"\npolicy = "{policy}"\ncores = [{core}]\n{extra_toml}')
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> "LocalDaemon":
