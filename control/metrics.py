@@ -54,6 +54,14 @@ class DatapathCollector:
             "balance": GaugeMetricFamily("isolane_tenant_budget_balance", "Budget balance in the policy's unit (cycles for the cycles policy; < 0: debt)", labels=t_label),
             "queue": GaugeMetricFamily("isolane_tenant_queue_length", "Packets waiting in the tenant's queue", labels=t_label),
         }
+        hub = self.plane.slowpath
+        if hub is not None:
+            fams["sp_delivered"] = CounterMetricFamily(
+                "isolane_tenant_slowpath_delivered", "Slow-path messages delivered to the tenant's endpoint", labels=t_label)
+            fams["sp_dropped"] = CounterMetricFamily(
+                "isolane_tenant_slowpath_dropped", "Slow-path messages lost (ring full, no reader, reader too slow)", labels=t_label)
+            fams["sp_sent"] = CounterMetricFamily(
+                "isolane_tenant_slowpath_sent", "Frames the tenant sent out through its slow path", labels=t_label)
         hist = HistogramMetricFamily("isolane_tenant_latency_seconds",
                                      "Completion latency from the intended arrival time",
                                      labels=t_label)
@@ -76,6 +84,15 @@ class DatapathCollector:
             fams["throttles"].add_metric(lv, st.throttles)
             fams["balance"].add_metric(lv, st.balance)
             fams["queue"].add_metric(lv, st.queue_len)
+            if hub is not None:
+                try:
+                    sp = hub.stats(tid)
+                except Exception:
+                    sp = None
+                if sp is not None:
+                    fams["sp_delivered"].add_metric(lv, sp["delivered"])
+                    fams["sp_dropped"].add_metric(lv, sp["dropped"] + sp.get("ring_dropped", 0))
+                    fams["sp_sent"].add_metric(lv, sp.get("sent", 0))
             counts = st.latency.counts.astype(np.float64)
             cum = np.cumsum(counts)
             total = float(cum[-1]) if len(cum) else 0.0

@@ -178,6 +178,11 @@ def test_tenant_missing_and_conflicts(daemon, client):
         assert err.code == -32602 and "queue_cap" in err.message
         assert client.call("tenant.show", tenant="one")["queue_cap"] == 1024  # rolled back
         assert error_of(client, "tenant.show", tenant=True).code == -32602
+        # refused by the datapath itself (its queues hold 65536 packets in all):
+        # the transaction rolls back, nothing of the tenant remains
+        err = error_of(client, "tenant.add", name="huge", owner="root", queue_cap=65536)
+        assert err.code == -32602 and "huge" not in [t["name"] for t in client.call("tenant.list")]
+        assert error_of(client, "tenant.show", tenant="huge").code == -32002
     finally:
         client.call("tenant.del", tenant="one")
 
@@ -259,6 +264,7 @@ def test_stats_and_metrics(daemon, client):
         assert "isolane_tenant_budget_balance{" in text
         assert 'isolane_tenant_latency_seconds_bucket{id="%d",le="+Inf",tenant="obs"} 0.0' % t["id"] in text
         assert "isolane_stalls_total" in text
+        assert f'isolane_tenant_slowpath_dropped_total{{id="{t["id"]}",tenant="obs"}} 0.0' in text
         info = client.call("slowpath.info", tenant="obs")
         assert info["path"].endswith("/slowpath/obs.sock")
         if info["available"]:  # the tenant's endpoint exists while the tenant does

@@ -6,8 +6,11 @@ and the interface left clean (no XDP program) by SIGTERM and after kill -9.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,9 +39,16 @@ def net(request):
     return n
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def daemon(net, tmp_path):
-    d = LocalDaemon(tmp_path / "d", backend="afxdp", extra_toml=(
+    d = LocalDaemon(tmp_path / "d", backend="afxdp", metrics=f"127.0.0.1:{_free_port()}",
+                    extra_toml=(
         f'[[interfaces]]\nifname = "{net.if_host}"\nqueues = [0]\nnetns = "{net.ns_host}"\n'
         'mode = "skb"\n'))
     yield d
@@ -71,6 +81,19 @@ def test_tenants_and_programs_serve_real_frames(net, daemon):
         assert not echoed(net, 4201, 7, b"old rule gone")
         s = c.call("stats", tenant="echo")["tenants"][0]
         assert s["rx"] == 7 and s["tx"] == 7
+        assert s["latency_us"]["p50"] > 0
+        # the metrics endpoint: the same counters, and a latency histogram
+        # whose buckets are cumulative and hold every completed packet
+        url = f"http://{c.call('daemon.status')['metrics']}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        tid = s["id"]
+        assert f'isolane_tenant_rx_packets_total{{id="{tid}",tenant="echo"}} 7.0' in text
+        assert f'isolane_tenant_tx_packets_total{{id="{tid}",tenant="echo"}} 7.0' in text
+        buckets = [float(v) for v in re.findall(
+            r'isolane_tenant_latency_seconds_bucket\{id="%d",le="[^"]+",tenant="echo"\} (\S+)'
+            % tid, text)]
+        assert len(buckets) > 5 and buckets == sorted(buckets) and buckets[-1] == s["completed"]
+        assert f'isolane_tenant_latency_seconds_count{{id="{tid}",tenant="echo"}} {float(s["completed"])}' in text
     assert daemon.stop() == 0
     assert attached_programs(net.if_host, net.ns_host) == []  # detached on SIGTERM
 
