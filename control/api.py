@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from datapath import DROP_REASONS, Rule
+from datapath import Rule
 from datapath._dp import lib
 from datapath.errors import ConfigError, IsolaneError, NotFoundError
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import grp
-import os
 import pwd
 import socket
 import struct
