@@ -38,6 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
 
 from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
+from datapath.errors import IsolaneError  # noqa: E402
 from datapath.probe import udp_frame  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -82,6 +83,12 @@ class NativeHandlers:
     def cost_ns(self, side: Side) -> float:
         return side.spec["cost_ns"]
 
+    def wire_cost_ns(self, side: Side) -> int:
+        return int(side.spec["cost_ns"])  # the probe asks spin for it
+
+    def size(self, side: Side) -> int:
+        return 64
+
     def install(self, dp: Datapath, side: Side) -> None:
         pass  # the handler is in the tenant's config
 
@@ -116,6 +123,12 @@ class ProgramHandlers:
     def cost_ns(self, side: Side) -> float:
         return self._cost[side.name]
 
+    def wire_cost_ns(self, side: Side) -> int:
+        return 0  # the program's own work is the cost
+
+    def size(self, side: Side) -> int:
+        return side.spec["size"]
+
     def install(self, dp: Datapath, side: Side) -> None:
         prog = self.programs[side.name]
         dp.set_program(side.tenant, self._load(prog),
@@ -133,25 +146,33 @@ def tenant_result(dp: Datapath, tenant: int, flow: int) -> dict:
 
 
 def run_once(scn: dict, handlers, policy: str, load: float | None, duration: float,
-             tick) -> dict:
-    """One run: the victim, plus the aggressor at `load` (None: alone)."""
+             tick, wire=None) -> dict:
+    """One run: the victim, plus the aggressor at `load` (None: alone); on
+    the mem backend, or over the testbed's wire when `wire` (a WireRunner)."""
     victim, aggressor = Side("victim", scn["victim"]), Side("aggressor", scn["aggressor"])
     sides = [victim] if load is None else [victim, aggressor]
+    rates = [scn["wire"]["victim_rate_pps"] if wire else victim.spec["rate_pps"]]
+    if load:
+        rates.append(load / (handlers.cost_ns(aggressor) * 1e-9))
     dp = Datapath(policy, quantum_us=scn["quantum_us"], refill_us=scn["refill_us"])
     try:
         for side in sides:
-            dp.add_tenant(side.tenant, side.tenant_config(policy, scn, victim.spec["rate_pps"]))
+            dp.add_tenant(side.tenant, side.tenant_config(policy, scn, rates[0]))
             handlers.install(dp, side)
-        dp.set_rules([side.rule() for side in sides])
-        rates = [victim.spec["rate_pps"]]
-        if load:
-            rates.append(load / (handlers.cost_ns(aggressor) * 1e-9))
-        dp.use_mem_backend([s.flow(handlers.frame(s), r) for s, r in zip(sides, rates)],
-                           duration_s=duration)
-        with dp.running():
-            dp.wait_generator(progress=tick)
-            dp.drain(timeout_s=0.5)
-        results = {s.name: tenant_result(dp, s.tenant, i) for i, s in enumerate(sides)}
+        dp.set_rules([wire.rule(s) if wire else s.rule() for s in sides])
+        if wire:
+            results = wire.run(dp, [wire.flow(s, r, handlers.wire_cost_ns(s), handlers.size(s))
+                                    for s, r in zip(sides, rates)], duration, tick)
+            for s in sides:  # what only the datapath knows
+                st = dp.tenant_stats(s.tenant, latency=False)
+                results[s.name].update(throttles=st.throttles, cycles=st.cycles)
+        else:
+            dp.use_mem_backend([s.flow(handlers.frame(s), r) for s, r in zip(sides, rates)],
+                               duration_s=duration)
+            with dp.running():
+                dp.wait_generator(progress=tick)
+                dp.drain(timeout_s=0.5)
+            results = {s.name: tenant_result(dp, s.tenant, i) for i, s in enumerate(sides)}
         g = dp.global_stats()
     finally:
         dp.close()
@@ -283,6 +304,28 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
     plt.close(fig)
 
 
+def run_all(console, scn: dict, handlers, todo: list, duration: float, wire) -> dict:
+    """Runs every configuration of `todo` in order, with a progress bar;
+    the repetitions of each configuration, by (policy, load)."""
+    samples: dict[tuple, list[dict]] = {}
+    # no refresh thread: both cores are busy with the loop and the generator,
+    # so the terminal is redrawn only when the main thread wakes up anyway
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, auto_refresh=False) as progress:
+        task = progress.add_task("", total=len(todo) * duration)
+        for i, (policy, load) in enumerate(todo):
+            what = "alone" if load is None else f"aggressor {load:g}x"
+            progress.update(task, description=f"[{i + 1}/{len(todo)}] {policy:<9} {what}")
+            done_before = i * duration
+            t0 = time.monotonic()
+            samples.setdefault((policy, load), []).append(run_once(
+                scn, handlers, policy, load, duration, lambda: progress.update(
+                    task, completed=done_before + min(duration, time.monotonic() - t0),
+                    refresh=True), wire))
+            progress.update(task, completed=(i + 1) * duration)
+    return samples
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
               default=HERE / "scenarios" / "contagion.toml", show_default=True,
@@ -298,6 +341,12 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
 @click.option("--policy", "policies", multiple=True,
               type=click.Choice(["fifo", "pkt_rate", "byte_rate", "cycles"]),
               help="Run only these policies (repeatable).")
+@click.option("--backend", type=click.Choice(["mem", "afxdp"]), default="mem", show_default=True,
+              help="mem: the in-memory generator on the other core; afxdp: bench/loadgen.py "
+                   "over the testbed's veth pair (root; brings the testbed up), the "
+                   "scenario's [wire] section sets ports and the victim's rate.")
+@click.option("--testbed-config", type=click.Path(exists=True, dir_okay=False),
+              help="Testbed TOML for --backend afxdp (default: control/testbed.toml).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               default=RESULTS / "contagion.json", show_default=True, help="Write results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
@@ -305,10 +354,12 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               default=RESULTS / "contagion.png", show_default=True,
               help="Write the victim-p99 plot (PNG).")
-def main(scenario, quick, duration, engine, reps, policies, json_path, csv_path, plot_path):
+def main(scenario, quick, duration, engine, reps, policies, backend, testbed_config, json_path,
+         csv_path, plot_path):
     """Measure cross-tenant tail-latency contagion under each scheduling policy."""
     console = make_console()
     scn = tomllib.loads(scenario.read_text())
+    scn["backend"] = backend
     if policies:
         scn["policies"] = list(policies)
     handlers = NativeHandlers() if engine == "native" else ProgramHandlers(engine, scn)
@@ -323,23 +374,23 @@ def main(scenario, quick, duration, engine, reps, policies, json_path, csv_path,
     configs = plan(scn, quick)
     rng = random.Random(1)
     todo = [c for _ in range(reps) for c in rng.sample(configs, len(configs))]
-    samples: dict[tuple, list[dict]] = {}
     started = time.monotonic()
-    # no refresh thread: both cores are busy with the loop and the generator,
-    # so the terminal is redrawn only when the main thread wakes up anyway
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, auto_refresh=False) as progress:
-        task = progress.add_task("", total=len(todo) * duration)
-        for i, (policy, load) in enumerate(todo):
-            what = "alone" if load is None else f"aggressor {load:g}x"
-            progress.update(task, description=f"[{i + 1}/{len(todo)}] {policy:<9} {what}")
-            done_before = i * duration
-            t0 = time.monotonic()
-            samples.setdefault((policy, load), []).append(run_once(
-                scn, handlers, policy, load, duration, lambda: progress.update(
-                    task, completed=done_before + min(duration, time.monotonic() - t0),
-                    refresh=True)))
-            progress.update(task, completed=(i + 1) * duration)
+    wire = None
+    if backend == "afxdp":
+        from contagion_wire import WireRunner
+
+        try:
+            wire = WireRunner(scn, testbed_config)
+        except IsolaneError as e:
+            raise click.ClickException(str(e)) from None
+        console.print(f"over the wire: {wire.wire.ifname} ({wire.wire.netns}) -> "
+                      f"{wire.host.ifname} ({wire.host.netns}) {wire.host.ip}, victim "
+                      f"{scn['wire']['victim_rate_pps'] / 1e3:g} kpps")
+    try:
+        samples = run_all(console, scn, handlers, todo, duration, wire)
+    finally:
+        if wire:
+            wire.close()
     runs = [median_run(samples[c]) for c in configs]
     print_table(console, scn, runs)
     for what, value, ok in verdicts(scn, runs):
