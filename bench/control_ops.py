@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import socket
 import sys
 import threading
@@ -63,6 +64,12 @@ def run_client(path: str, rounds: int, n_tenants: int, offset: int, add_del: boo
                 t0 = time.perf_counter()
                 fn()
                 out.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+
+
+def client_process(path: str, rounds: int, n_tenants: int, offset: int) -> dict:
+    out: dict[str, list[float]] = {}
+    run_client(path, rounds, n_tenants, offset, False, out)
+    return out
 
 
 def table(title: str, samples: dict[str, list[float]]) -> float:
@@ -121,16 +128,13 @@ def main() -> int:
         run_client(d.socket, args.rounds, args.tenants, 0, True, single)
         p99_one = table("one client", single)
 
+        # clients in processes of their own: threads of one Python process
+        # would measure this process's GIL as well as the daemon
         many: dict[str, list[float]] = {}
-        shards = [dict() for _ in range(args.clients)]
-        threads = [threading.Thread(target=run_client,
-                                    args=(d.socket, args.rounds // 2, args.tenants,
-                                          10_000 * (k + 1), False, shards[k]))
-                   for k in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with multiprocessing.get_context("fork").Pool(args.clients) as pool:
+            shards = pool.starmap(client_process,
+                                  [(d.socket, args.rounds // 2, args.tenants, 10_000 * (k + 1))
+                                   for k in range(args.clients)])
         for s in shards:
             for k, v in s.items():
                 many.setdefault(k, []).extend(v)

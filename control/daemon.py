@@ -95,17 +95,22 @@ class Daemon:
 
             live = lambda: {t["id"]: t["name"] for t in self.state.tenants()}  # noqa: E731
             self.metrics, _ = serve(cfg.metrics_address, self.plane, live)
-        threading.Thread(target=self._sampler, name="rates", daemon=True).start()
+        threading.Thread(target=self._sampler, name="maintenance", daemon=True).start()
         log.info("serving socket=%s backend=%s policy=%s state=%s startup_ms=%.0f", cfg.socket,
                  cfg.backend, cfg.policy, cfg.state_dir, (time.monotonic() - t0) * 1e3)
         sd_notify(f"READY=1\nSTATUS=serving {cfg.socket}\nMAINPID={os.getpid()}")
 
     def _sampler(self) -> None:
+        """Once a second the per-tenant rates; every 10 s a WAL checkpoint."""
+        ticks = 0
         while not self._stop.wait(1.0):
+            ticks += 1
             try:
                 self.plane.sample_rates()
-            except Exception as e:  # never fatal: rates are a convenience
-                log.debug("rate sampler: %s", e)
+                if ticks % 10 == 0:
+                    self.state.checkpoint()
+            except Exception as e:  # never fatal: the next tick tries again
+                log.debug("maintenance: %s", e)
 
     def wait(self) -> None:
         while not self._stop.wait(3600):

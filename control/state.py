@@ -87,12 +87,18 @@ class State:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # no checkpoint inside a commit (it fsyncs the database: a request
+            # would wait for the disk); checkpoint() runs them off the request path
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate()
             # reads go through their own connection: WAL lets them see the last
             # commit while a change (holding the writer) waits for the datapath
             self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._rdb.row_factory = sqlite3.Row
             self._rdb.execute("PRAGMA busy_timeout=5000")
+            self._cdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._cdb.execute("PRAGMA busy_timeout=5000")
+            self._clock = threading.Lock()
         except sqlite3.Error as e:
             raise StateError(f"{self.path}: {e}") from None
         os.chmod(self.path, 0o600)  # holds every tenant's source: root only
@@ -115,10 +121,17 @@ class State:
         """The lock every change holds: no change runs while it is held."""
         return self._lock
 
+    def checkpoint(self) -> None:
+        """Copies the WAL into the database file (PASSIVE: never blocks a
+        change or a read); the daemon calls it from a background thread."""
+        with self._clock:
+            self._cdb.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
-        with self._lock, self._rlock:
+        with self._lock, self._rlock, self._clock:
             self._db.close()
             self._rdb.close()
+            self._cdb.close()
 
     @contextlib.contextmanager
     def change(self):
