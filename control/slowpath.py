@@ -285,10 +285,9 @@ class SlowPathHub:
             try:
                 conn.send(message, socket.MSG_DONTWAIT)
                 ep.stats.delivered += 1
-            except (BlockingIOError, InterruptedError):
-                ep.stats.dropped += 1  # it does not read: its loss alone
             except OSError:
-                self._drop_client(ep, conn)
+                # it does not read (EAGAIN): its loss alone; or it has gone
+                # (EPIPE): closed once what it sent before going is read
                 ep.stats.dropped += 1
 
     def _take_sends(self, ep: _Endpoint) -> bool:
@@ -304,6 +303,10 @@ class SlowPathHub:
                     message = conn.recv(HEADER.size + MAX_MESSAGE, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
+                except ConnectionResetError:
+                    # it closed with messages of ours unread: the kernel says
+                    # so once; what it sent before closing is still to read
+                    continue
                 except OSError:
                     message = b""
                 if not message:  # the client went away

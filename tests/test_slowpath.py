@@ -35,7 +35,7 @@ TENANT_UID, TENANT_GID, OTHER_UID = 40123, 40123, 40124
 H_IP = "10.0.0.1"
 
 
-def _wait(pred, timeout=3.0):
+def _wait(pred, timeout=10.0):
     end = time.monotonic() + timeout
     while not pred() and time.monotonic() < end:
         time.sleep(0.005)
@@ -53,7 +53,7 @@ def _settle(dp):
     sent (the RX ring is empty) and run them all (the queues are empty)."""
     dp.wait_generator(poll_s=0.01)
     arrived = sum(dp.flow_stats(i).sent - dp.flow_stats(i).dropped for i in range(len(dp.flows)))
-    assert _wait(lambda: dp.global_stats().rx == arrived) and dp.drain()
+    assert _wait(lambda: dp.global_stats().rx == arrived) and dp.drain(timeout_s=10)
 
 
 def _tcp_flows(*dsts, rate_pps=2000.0):
@@ -224,7 +224,6 @@ while len(got) < want:
 if reply:
     c.send_frame(reply)
 print(json.dumps({"got": got}), flush=True)
-c.recv(timeout=1)  # stay until the daemon has taken the frame
 """
 
 
@@ -275,7 +274,7 @@ def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_facto
     dp.set_rules([_passing_tenant(dp)])
     frame = tcp_frame(H_IP, sport=1000)
     reply = udp_frame("10.0.0.2", 9, src=H_IP, size=80)
-    dp.use_mem_backend(_tcp_flows(H_IP, rate_pps=200.0), duration_s=0.25)
+    dp.use_mem_backend(_tcp_flows(H_IP, rate_pps=2000.0), duration_s=0.25)
     with SlowPathHub(dp, state_dir) as hub:
         path = hub.add_tenant(1, "alpha", uid=TENANT_UID, gid=TENANT_GID)
         client = _client_as(TENANT_UID, TENANT_GID, path, want=20, reply=reply)
@@ -289,9 +288,14 @@ def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_facto
         assert got == [[KIND_PASSED, frame.hex()]] * 20
         st, hs = dp.tenant_stats(1, latency=False), hub.stats(1)
         assert hs["sent"] == 1 and hs["rejected"] == 0 and hs["delivered"] >= 20
-        # every passed packet is accounted for: delivered or dropped (the
-        # client left after 20), none lost without a count
-        assert _wait(lambda: hub.stats(1)["delivered"] + hub.stats(1)["dropped"] == st.passed)
+        # every passed packet is accounted for: delivered, or dropped (the
+        # client left after 20; the ring overflowed while the pump lagged)
+
+        def accounted():
+            s = hub.stats(1)
+            return s["delivered"] + s["dropped"] + s["ring_dropped"] == st.passed
+
+        assert _wait(accounted), (hub.stats(1), st.passed)
         assert st.slowpath_sent == 1 and st.drops["tx_full"] == 0
 
 
@@ -474,9 +478,13 @@ def test_kv_miss_answered_by_the_tenant_app_over_afxdp(dp_factory, state_dir):
             net.send(net.udp(5004, 11211, msg(b"G", b"nope")))
             assert net.expect(answer_to(5004, msg(b"G", b"nope", status=1))) is not None
             assert app.wait(timeout=5) == 0
-            st = dp.tenant_stats(1, latency=False)
-            assert st.passed == 2 and st.slowpath_delivered == 2 and st.slowpath_sent == 2
-            assert st.tx == 2 and hub.stats(1)["sent"] == 2
+
+            def counted():
+                st = dp.tenant_stats(1, latency=False)
+                return (st.passed, st.slowpath_delivered, st.slowpath_sent, st.tx,
+                        hub.stats(1)["sent"])
+
+            assert _wait(lambda: counted() == (2, 2, 2, 2, 2)), counted()
             # the IPv4 checksum the app computed is the one scapy computes
             fresh = hit[IP].copy()
             del fresh.chksum
