@@ -90,21 +90,29 @@ class Api:
         p = Params(params)
         t0 = time.monotonic()
         try:
-            result = fn(caller, p)
+            result = self._run(fn, method, caller, p)
         except RpcFault as f:
             if method in self.mutating or f.code in (PERMISSION_DENIED, INTERNAL):
                 audit.info("method=%s uid=%d pid=%d error=%d msg=%r", method, caller.uid,
                            caller.pid, f.code, f.message)
             raise
-        except (ConfigError, NotFoundError) as e:
-            raise RpcFault(INVALID_PARAMS, str(e)) from None
-        except IsolaneError as e:
-            log.error("method=%s datapath error: %s", method, e)
-            raise RpcFault(INTERNAL, f"datapath: {e}") from None
         if method in self.mutating:
             audit.info("method=%s uid=%d pid=%d ok ms=%.1f", method, caller.uid, caller.pid,
                        (time.monotonic() - t0) * 1e3)
         return result
+
+    @staticmethod
+    def _run(fn, method, caller, p):
+        """The method, with the datapath's refusals turned into error replies."""
+        try:
+            return fn(caller, p)
+        except ConfigError as e:  # a value the datapath refuses (range, room, resize)
+            raise RpcFault(INVALID_PARAMS, str(e)) from None
+        except NotFoundError as e:
+            raise RpcFault(NOT_FOUND, str(e)) from None
+        except IsolaneError as e:
+            log.error("method=%s datapath error: %s", method, e)
+            raise RpcFault(INTERNAL, f"datapath: {e}") from None
 
     # ---- who may see and do what
 
