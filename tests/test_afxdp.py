@@ -360,7 +360,8 @@ def test_two_queues_one_socket_each_echo_from_both(mqnet):
     assert attached_programs(net.if_host, net.ns_host) == []
 
 
-def test_mixed_bursts_leave_on_their_own_sockets(mqnet):
+@pytest.mark.parametrize("need_wakeup", [True, False], ids=["need_wakeup", "always_kick"])
+def test_mixed_bursts_leave_on_their_own_sockets(mqnet, need_wakeup):
     """100 frames wait in each RX ring while the loop is stopped; RX bursts
     of 32 then alternate between the sockets (round robin) until 4 are left
     on each, which one burst takes from both: that burst's replies are split
@@ -372,7 +373,7 @@ def test_mixed_bursts_leave_on_their_own_sockets(mqnet):
     n = 100
     try:
         dp.use_afxdp_backend(net.if_host, queues=[0, 1], mode="native", ring_size=256,
-                             netns=net.ns_host)
+                             need_wakeup=need_wakeup, netns=net.ns_host)
         with Steer(net.if_host, netns=net.ns_host, mode=dp.afxdp_xdp_mode) as steer:
             steer.steer_all()
             steer.bind_xsks(dp.afxdp_fds())
