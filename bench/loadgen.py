@@ -220,10 +220,12 @@ class LoadResult:
 
     def as_dict(self) -> dict:
         tenants = {name: f.as_dict() for name, f in self.flows.items()}
-        # one run in bench/contagion.py's shape, so its plots read this file
-        run = {"policy": None, "adversary": "aggressor" in tenants, "aggressor_load": None,
-               "victim": tenants.get("victim"), "aggressor": tenants.get("aggressor"),
-               "mpps": self.completed_mpps}
+        # one run in bench/contagion.py's shape (its per-tenant keys only), so
+        # its median_run, CSV and plots read this file
+        schema = {name: f.tenant_result() for name, f in self.flows.items()}
+        run = {"policy": None, "adversary": "aggressor" in schema, "aggressor_load": None,
+               "victim": schema.get("victim"), "aggressor": schema.get("aggressor"),
+               "mpps": self.completed_mpps, "loop_stalls": None, "loop_stall_us": None}
         return {"io": self.io, "wire": dataclasses.asdict(self.wire),
                 "duration_s": self.duration_s, "sent_mpps": self.sent_mpps,
                 "completed_mpps": self.completed_mpps, "stats": self.stats,

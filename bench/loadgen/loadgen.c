@@ -10,8 +10,9 @@
  *   rx_burst replies matched by (flow, seq) and by t_send against what was
  *            sent, stamped with the burst's receive time (first copy only).
  *
- * Sending stops at duration_s; then replies are awaited for up to drain_s
- * (less if every packet is answered). Nothing is allocated, logged or
+ * Sending stops once every arrival intended before duration_s is sent (a
+ * loop that fell behind sends its backlog late rather than skip it); then
+ * replies are awaited for up to drain_s (less if every packet is answered). Nothing is allocated, logged or
  * locked in the loop; Python reads progress counters racily.
  *
  * I/O: AF_XDP (gen_prog.c's XDP program on the generator's interface hands
@@ -351,12 +352,26 @@ static int pkt_open(struct lg *lg)
 
 /* ---------------------------------------------------------------- the loop */
 
+/* whether any flow still has an arrival intended before `end` (a
+ * generator that fell behind sends its backlog: open loop, nothing skipped) */
+static bool backlog(const struct lg *lg, uint64_t now, uint64_t end)
+{
+	for (uint32_t i = 0; i < lg->n_flows; i++) {
+		const struct gen_flow *f = &lg->flows[i];
+
+		if (!f->st.full && f->next < end && f->spec.arrival != LG_ARRIVAL_SATURATE)
+			return true;
+	}
+	return false;
+}
+
 static void run(struct lg *lg)
 {
 	const double hz = tsc_hz();
 	const bool xdp = lg->cfg.io == LG_IO_AFXDP;
 	const uint64_t start = rdtsc();
 	uint64_t end = start + (uint64_t)(lg->cfg.duration_s * hz), drain_until = 0;
+	bool sending = true;
 
 	for (uint32_t i = 0; i < lg->n_flows; i++) {
 		struct gen_flow *f = &lg->flows[i];
@@ -370,13 +385,18 @@ static void run(struct lg *lg)
 	for (;;) {
 		uint64_t now = rdtsc();
 
-		if (now < end) {
-			if (unlikely(__atomic_load_n(&lg->stop, __ATOMIC_RELAXED)))
+		if (sending) {
+			if (unlikely(__atomic_load_n(&lg->stop, __ATOMIC_RELAXED)) && now < end)
 				end = now;
-			else if (xdp)
+			if (now >= end && !backlog(lg, now, end)) {
+				sending = false;
+				lg->st.t_end = now;
+				drain_until = now + (uint64_t)(lg->cfg.drain_s * hz);
+			} else if (xdp) {
 				xdp_tx_due(lg, now, end);
-			else
+			} else {
 				pkt_tx_due(lg, now, end);
+			}
 		}
 		if (xdp) {
 			xdp_kick(lg);
@@ -384,14 +404,8 @@ static void run(struct lg *lg)
 		} else {
 			pkt_rx_burst(lg);
 		}
-		if (now >= end) {
-			if (!drain_until) {
-				lg->st.t_end = end;
-				drain_until = now + (uint64_t)(lg->cfg.drain_s * hz);
-			}
-			if (now >= drain_until || lg->received == lg->sent)
-				break;
-		}
+		if (!sending && (now >= drain_until || lg->received == lg->sent))
+			break;
 	}
 	if (xdp)
 		xsk_port_kernel_stats(&lg->port, &lg->st.rx_dropped, &lg->st.rx_ring_full,
