@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import selectors
 import socket
@@ -47,6 +48,8 @@ DIR_MODE = 0o711                # tenants reach their endpoint, cannot list othe
 ENDPOINT_DIR = "slowpath"
 PER_ROUND = 64                  # messages of each kind per tenant per pump round
 
+log = logging.getLogger("isolane.slowpath")
+
 
 @dataclasses.dataclass
 class EndpointStats:
@@ -55,6 +58,7 @@ class EndpointStats:
     sent: int = 0            # kind-3 frames handed to the datapath
     rejected: int = 0        # kind-3 messages refused (bad header, kind or frame length)
     clients: int = 0
+    errors: int = 0          # pump rounds that failed (logged)
 
 
 class _Endpoint:
@@ -141,7 +145,10 @@ class SlowPathHub:
             ep = self._endpoint(tenant_id)
             del self._endpoints[tenant_id]
             self._close_endpoint(ep)
-            self.dp.detach_slowpath(tenant_id)
+            try:
+                self.dp.detach_slowpath(tenant_id)
+            except NotFoundError:
+                pass  # detached already, behind the hub's back
 
     def stats(self, tenant_id: int) -> dict:
         """The endpoint's counters, and `ring_dropped`: passed packets the
@@ -227,7 +234,7 @@ class SlowPathHub:
     def _pump(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                busy = any([self._round(ep) for ep in list(self._endpoints.values())])
+                busy = any([self._guarded_round(ep) for ep in list(self._endpoints.values())])
                 held = any(ep.held is not None for ep in self._endpoints.values())
             if held and not busy:
                 # a client's socket stays readable while its frame waits for
@@ -242,6 +249,18 @@ class SlowPathHub:
                         self._wake_r.recv(4096)
                     except BlockingIOError:
                         pass
+
+    def _guarded_round(self, ep: _Endpoint) -> bool:
+        """A round that cannot stop the pump: a failure (say, the tenant's
+        slow path detached behind the hub's back) is logged and counted."""
+        try:
+            return self._round(ep)
+        except (IsolaneError, OSError) as e:
+            ep.stats.errors += 1
+            if ep.stats.errors & (ep.stats.errors - 1) == 0:  # 1st, 2nd, 4th, ... time
+                log.warning("slow path of tenant %s (%d): %s (%d times)", ep.name,
+                            ep.tenant_id, e, ep.stats.errors)
+            return False
 
     def _round(self, ep: _Endpoint) -> bool:
         """One round for one tenant: accept, datapath -> clients, clients ->

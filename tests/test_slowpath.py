@@ -299,6 +299,22 @@ def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_facto
         assert st.slowpath_sent == 1 and st.drops["tx_full"] == 0
 
 
+def test_the_pump_survives_a_tenant_detached_behind_its_back(dp_factory, state_dir):
+    dp = dp_factory("fifo")
+    dp.add_tenant(1, handler="drop")
+    dp.add_tenant(2, handler="drop")
+    dp.use_mem_backend([Flow(udp_frame("10.0.0.9"), rate_pps=100.0)], duration_s=1.0)
+    with SlowPathHub(dp, state_dir) as hub, dp.running():
+        hub.add_tenant(1, "one")
+        with SlowPathClient(hub.add_tenant(2, "two")) as client:
+            dp.detach_slowpath(1)
+            assert _wait(lambda: hub.stats(1)["errors"] > 0)
+            client.send_frame(udp_frame("10.9.9.9"))  # the other tenant is still served
+            assert _wait(lambda: dp.tenant_stats(2, latency=False).slowpath_sent == 1)
+        hub.remove_tenant(1)
+        assert hub.stats(2)["sent"] == 1
+
+
 PASSLOG = """
 #include <isolane.h>
 
