@@ -197,7 +197,7 @@ class Server:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(self.path)
         os.chmod(self.path, 0o666)  # access is decided per request, from SO_PEERCRED
-        sock.listen(128)
+        sock.listen(1024)
         self._sock = sock
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept", daemon=True)
         self._thread.start()

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -386,3 +387,33 @@ def test_concurrent_clients(daemon, client):
     finally:
         for n in names:
             client.call("tenant.del", tenant=n)
+
+
+def test_too_many_connections_are_refused_not_fatal(daemon):
+    from control.rpc import MAX_CONNECTIONS
+
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 10):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            held.append(s)
+            s.connect(daemon.socket)  # blocking: waits while the backlog is full
+            s.settimeout(30)
+        # the ones past the limit are told so and closed; the rest stay usable
+        time.sleep(0.5)
+        refused = 0
+        for s in held[-5:]:
+            f = s.makefile("rb")
+            line = f.readline()
+            if line:
+                assert json.loads(line)["error"]["code"] == -32000
+                assert "too many connections" in json.loads(line)["error"]["message"]
+                refused += 1
+        assert refused == 5
+        held[0].sendall(b'{"jsonrpc":"2.0","id":1,"method":"daemon.status"}\n')
+        assert "result" in json.loads(held[0].makefile("rb").readline())
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.5)
+    still_serving(daemon)
