@@ -9,11 +9,13 @@ slot stays taken until the daemon restarts.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 
 from datapath import Datapath, Flow, Rule, TenantConfig
+from datapath._dp import lib
 from datapath.errors import ConfigError, NotFoundError
 
 log = logging.getLogger("isolaned.plane")
@@ -95,8 +97,6 @@ class Plane:
                             cap_us=t["cap_us"])
 
     def free_id(self, taken: set[int]) -> int | None:
-        from datapath._dp import lib
-
         for i in range(1, lib.DP_MAX_TENANTS):
             if i not in taken and i not in self.retired and i not in self.dp.tenants:
                 return i
@@ -107,7 +107,18 @@ class Plane:
             if t["id"] in self.retired:
                 raise ConfigError(f"tenant id {t['id']} belonged to a deleted tenant; the "
                                   "datapath frees its slot when isolaned restarts")
-            self.dp.add_tenant(t["id"], self.tenant_config(t))
+            try:
+                self.dp.add_tenant(t["id"], self.tenant_config(t))
+            except ConfigError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                held = sum(self.dp.tenants[r].queue_cap for r in self.retired)
+                raise ConfigError(
+                    f"no room for a queue of {t['queue_cap']} packets: the datapath's queues "
+                    f"hold {lib.DP_QUEUE_SLOTS} in all"
+                    + (f", {held} of them still held by deleted tenants until isolaned "
+                       "restarts" if held else "") + "; give a smaller queue_cap",
+                    errno=errno.ENOSPC) from None
             try:
                 if self.slowpath is not None:
                     self.slowpath.add_tenant(t["id"], t["name"], t.get("owner_uid"),
