@@ -351,6 +351,8 @@ static noinline uint32_t slowpath_stage(struct dp *dp, uint64_t *now)
 			t0 = rdtsc();
 		n = be->ops->alloc_burst(be, pkts, MIN(want, SP_TX_BATCH));
 		n = spsc_pop(&sp->tx, (void **)slots, n); /* all n: only we consume */
+		if (unlikely(!n))
+			continue; /* no free frame: the frames wait, nothing to charge */
 		for (uint32_t k = 0; k < n; k++) {
 			struct pkt *p = pkts[k];
 
@@ -361,7 +363,7 @@ static noinline uint32_t slowpath_stage(struct dp *dp, uint64_t *now)
 			bytes += p->len;
 		}
 		spsc_push(&sp->tx_free, (void *const *)slots, n);
-		sent = n ? be->ops->tx_burst(be, pkts, n) : 0;
+		sent = be->ops->tx_burst(be, pkts, n);
 		if (unlikely(sent < n)) {
 			t->st.drops[DP_DROP_TX_FULL] += n - sent;
 			be->ops->free_burst(be, pkts + sent, n - sent);
