@@ -198,11 +198,12 @@ static noinline void xdp_tx_due(struct lg *lg, uint64_t now, uint64_t end)
 {
 	struct xsk_port *p = &lg->port;
 	struct due due[TX_BATCH];
-	uint32_t room, n, idx = 0;
+	uint32_t room, free_tx, n, idx = 0;
 
 	xsk_port_reap(p);
 	room = MIN(TX_BATCH, p->n_pool);
-	room = MIN(room, xsk_prod_nb_free(&p->tx, room));
+	free_tx = xsk_prod_nb_free(&p->tx, room); /* once: the kernel moves it */
+	room = MIN(room, free_tx);
 	if (!room)
 		return;
 	n = collect_due(lg, now, end, due, room);

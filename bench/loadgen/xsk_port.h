@@ -58,9 +58,12 @@ static always_inline void xsk_port_reap(struct xsk_port *p)
 /* up to `max` pool frames into the fill ring */
 static always_inline void xsk_port_refill(struct xsk_port *p, uint32_t max)
 {
-	uint32_t idx, n = MIN(p->n_pool, max);
+	uint32_t idx, n = MIN(p->n_pool, max), room;
 
-	n = MIN(n, xsk_prod_nb_free(&p->fill, n));
+	/* (the ring's free count is read once: MIN evaluates twice, and the
+	 * kernel may consume in between) */
+	room = xsk_prod_nb_free(&p->fill, n);
+	n = MIN(n, room);
 	if (!n || xsk_ring_prod__reserve(&p->fill, n, &idx) != n)
 		return;
 	for (uint32_t i = 0; i < n; i++)
