@@ -132,7 +132,7 @@ def echo_round(bed: Bed, kind: str, phase: str, rep: int, rate_pps: float | None
     return {"kind": kind, "phase": phase, "rep": rep, "offered_pps": rate_pps,
             "echo_mpps": (after["tx"] - before["tx"]) / res.duration_s / 1e6,
             "sent_mpps": res.sent_mpps, "answered_mpps": res.completed_mpps,
-            "sent": f.sent, "answered": f.completed, "lost": f.lost,
+            "sent": f.sent, "answered": f.completed, "lost": f.lost, "late": f.late,
             "socket_drops": _socket_drops(after) - _socket_drops(before),
             "p50_us": f.p50_us, "p99_us": f.p99_us, "duration_s": res.duration_s}
 
@@ -144,6 +144,7 @@ def summarize(rounds: list[dict], kind: str, phase: str) -> dict:
     med = {k: statistics.median(r[k] for r in rs)
            for k in ("echo_mpps", "sent_mpps", "answered_mpps", "p50_us", "p99_us")}
     med.update(sent=sum(r["sent"] for r in rs), lost=sum(r["lost"] for r in rs),
+               late=sum(r["late"] for r in rs),
                socket_drops=sum(r["socket_drops"] for r in rs),
                echo_mpps_reps=[r["echo_mpps"] for r in rs], reps=len(rs))
     return med
@@ -159,13 +160,14 @@ def paired_ratios(rounds: list[dict]) -> list[float]:
 def print_table(console, summary: dict, half_pps: float) -> None:
     table = Table(title="AF_XDP echo on the testbed's veth pair: isolane vs a bare libxdp loop",
                   caption="saturation: medians over repetitions; echo = what the loop sent per "
-                          "second, answered = what came back to the generator; drops = the "
+                          "second, back = what came back to the generator; drops = the "
                           "loop's socket (RX ring or fill ring) | half load: Poisson at "
-                          f"{half_pps / 1e3:.0f} kpps, lost summed over repetitions, latency "
-                          "medians in us",
-                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("loop", "echo Mpps", "answered Mpps", "sent Mpps", "drops", "| half: sent",
-                "lost", "p50", "p99"):
+                          f"{half_pps / 1e3:.0f} kpps, lost and late (sent > 20 us after their "
+                          "time: the generator's core was taken) summed over repetitions, "
+                          "latency medians in us",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for col in ("loop", "echo Mpps", "back Mpps", "sent Mpps", "drops", "| half: sent",
+                "lost", "late", "p50", "p99"):
         table.add_column(col, justify="left" if col == "loop" else "right", no_wrap=True)
     for kind in KINDS:
         sat, half = summary[kind]["saturation"], summary[kind].get("half", {})
@@ -173,6 +175,7 @@ def print_table(console, summary: dict, half_pps: float) -> None:
                       f"{sat['sent_mpps']:.3f}", fmt_count(sat["socket_drops"]),
                       fmt_count(half["sent"]) if half else "-",
                       fmt_count(half["lost"]) if half else "-",
+                      fmt_count(half["late"]) if half else "-",
                       fmt_us(half["p50_us"]) if half else "-",
                       fmt_us(half["p99_us"]) if half else "-")
     console.print(table)
