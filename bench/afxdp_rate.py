@@ -60,8 +60,9 @@ TARGET_RATIO = 0.9
 class Bed:
     """The testbed pair, the steering program on its isolane end, cores."""
 
-    def __init__(self, config: TestbedConfig):
+    def __init__(self, config: TestbedConfig, io: str = "afxdp"):
         self.config = config
+        self.io = io  # the generator's sockets (loadgen --io)
         self.spec = config.pair_specs()[0]
         self.wire = loadgen.Wire.testbed(config)
         self.loop_core, self.gen_core = default_cores()
@@ -90,7 +91,8 @@ def _bare(bed: Bed, flows, duration: float, tick) -> tuple[dict, dict, loadgen.L
         bed.steer.bind_xsk(0, echo.fd)
         try:
             before = echo.stats()
-            res = loadgen.run(flows, duration, bed.wire, core=bed.gen_core, progress=tick)
+            res = loadgen.run(flows, duration, bed.wire, core=bed.gen_core, io=bed.io,
+                              progress=tick)
             after = echo.stats()
         finally:
             bed.steer.unbind_xsk(0)
@@ -109,7 +111,8 @@ def _isolane(bed: Bed, flows, duration: float, tick, handler: str):
         try:
             with dp.running():
                 before = _dp_counters(dp)
-                res = loadgen.run(flows, duration, bed.wire, core=bed.gen_core, progress=tick)
+                res = loadgen.run(flows, duration, bed.wire, core=bed.gen_core, io=bed.io,
+                                  progress=tick)
                 after = _dp_counters(dp)
         finally:
             bed.steer.unbind_xsk(0)
@@ -187,12 +190,14 @@ def print_table(console, summary: dict, half_pps: float) -> None:
 @click.option("--reps", type=int, help="Repetitions of each round [7; quick 2].")
 @click.option("--handler", type=click.Choice(["udp_echo", "echo"]), default="udp_echo",
               show_default=True, help="The isolane tenant's native handler.")
+@click.option("--io", type=click.Choice(list(loadgen.IOS)), default="afxdp", show_default=True,
+              help="The generator's sockets (see bench/loadgen.py --help).")
 @click.option("--testbed-config", type=click.Path(exists=True, dir_okay=False),
               help="Testbed TOML (default: control/testbed.toml); pair 0 is used.")
 @click.option("--down", is_flag=True, help="Remove the testbed afterwards.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               default=RESULTS / "afxdp_rate.json", show_default=True, help="Write results as JSON.")
-def main(quick, duration, reps, handler, testbed_config, down, json_path):
+def main(quick, duration, reps, handler, io, testbed_config, down, json_path):
     """Echo rate of isolane's afxdp datapath against a bare libxdp loop on the
     same veth pair, side by side (target: ratio >= 0.9), and the loss at half
     the saturation rate (target: 0). Needs root; brings the testbed up."""
@@ -206,7 +211,7 @@ def main(quick, duration, reps, handler, testbed_config, down, json_path):
         up = tb.up()
         if up.changed:
             console.print(f"testbed: {len(up.actions)} change(s) made")
-        bed = Bed(config)
+        bed = Bed(config, io)
     except IsolaneError as e:
         raise click.ClickException(str(e)) from None
     rng = random.Random(1)
@@ -254,7 +259,7 @@ def main(quick, duration, reps, handler, testbed_config, down, json_path):
                       f"kpps): lost {lost} of {summary['isolane']['half']['sent']}", lost == 0)):
         console.print(f"  {'[green]met[/]' if ok else '[red]NOT met[/]'}  {what}")
     write_json(json_path, {"quick": quick, "duration_s": duration, "reps": reps,
-                           "handler": handler, "testbed": config.as_dict(),
+                           "handler": handler, "io": io, "testbed": config.as_dict(),
                            "cores": {"loop": bed.loop_core, "generator": bed.gen_core},
                            "bare_mpps": bare, "isolane_mpps": iso, "ratio": ratio,
                            "ratios": ratios,

@@ -50,6 +50,7 @@ import pathlib
 import sys
 import time
 
+import numba
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -250,15 +251,7 @@ def template(flow: LoadFlow, wire: Wire, index: int) -> tuple[bytes, int]:
 
 # ---------------------------------------------------------------- numba post-processing
 
-def _njit(fn):
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return fn
-    return numba.njit(cache=True)(fn)
-
-
-@_njit
+@numba.njit(cache=True)
 def _latency_ns(t_sent, t_recv, ns_per_cycle):
     """Receive minus intended send, ns; inf where no reply came."""
     out = np.empty(t_sent.shape[0], dtype=np.float64)
@@ -270,7 +263,7 @@ def _latency_ns(t_sent, t_recv, ns_per_cycle):
     return out
 
 
-@_njit
+@numba.njit(cache=True)
 def _percentile(sorted_lat, q):
     """Nearest rank over every sample (inf included), as datapath/histogram.py."""
     n = sorted_lat.shape[0]
@@ -280,7 +273,7 @@ def _percentile(sorted_lat, q):
     return sorted_lat[rank - 1]
 
 
-@_njit
+@numba.njit(cache=True)
 def _window_series(t_sent_s, lat, window_s, n_windows):
     """Per window of intended send time: sent, lost, p50, p99 (ns)."""
     idx = np.minimum((t_sent_s / window_s).astype(np.int64), n_windows - 1)
