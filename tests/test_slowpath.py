@@ -191,6 +191,23 @@ def test_framing_is_the_contracts():
 
 # ---------------------------------------------------------------- the hub
 
+@pytest.fixture(scope="module")
+def tenant_tree():
+    """What a tenant's process runs, copied where any uid can read it (a
+    fresh clone may sit in a 0700 home): control/slowpath_client.py and
+    tenants/kv/app.py, in the repository's layout."""
+    d = Path(tempfile.mkdtemp(prefix="sp-tree-", dir="/tmp"))
+    (d / "control").mkdir()
+    (d / "control" / "__init__.py").write_text("")
+    shutil.copy(REPO / "control" / "slowpath_client.py", d / "control")
+    (d / "tenants" / "kv").mkdir(parents=True)
+    shutil.copy(REPO / "tenants" / "kv" / "app.py", d / "tenants" / "kv")
+    for p in [d, *d.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def state_dir():
     """A state directory other uids may traverse (tmp_path's parents are 0700)."""
@@ -227,12 +244,16 @@ print(json.dumps({"got": got}), flush=True)
 """
 
 
-def _client_as(uid, gid, path, want=0, reply=b""):
-    """A client process running as uid/gid (no supplementary groups)."""
-    return subprocess.Popen(
-        ["/usr/bin/python3", "-c", CLIENT, str(path), str(want), reply.hex()],
-        user=uid, group=gid, extra_groups=[], cwd="/", env={"PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, text=True)
+def _as_tenant(uid, gid, tree, *argv):
+    """A process running as uid/gid (no supplementary groups) that sees only
+    the tenant's copy of the client (tenant_tree)."""
+    return subprocess.Popen(["/usr/bin/python3", *map(str, argv)], user=uid, group=gid,
+                            extra_groups=[], cwd="/", env={"PYTHONPATH": str(tree)},
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _client_as(uid, gid, tree, path, want=0, reply=b""):
+    return _as_tenant(uid, gid, tree, "-c", CLIENT, path, want, reply.hex())
 
 
 def _line(proc):
@@ -242,7 +263,7 @@ def _line(proc):
 
 
 @pytest.mark.integration
-def test_endpoint_owner_mode_and_who_may_connect(dp_factory, state_dir):
+def test_endpoint_owner_mode_and_who_may_connect(dp_factory, state_dir, tenant_tree):
     _need_root()
     dp = dp_factory("fifo")
     dp.add_tenant(1, handler="drop")
@@ -252,9 +273,9 @@ def test_endpoint_owner_mode_and_who_may_connect(dp_factory, state_dir):
         st = os.stat(path)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (TENANT_UID, TENANT_GID, 0o660)
         assert os.stat(state_dir / "slowpath").st_mode & 0o777 == 0o711
-        stranger = _client_as(OTHER_UID, OTHER_UID, path)
+        stranger = _client_as(OTHER_UID, OTHER_UID, tenant_tree, path)
         assert _line(stranger) == {"error": errno.EACCES}
-        owner = _client_as(TENANT_UID, TENANT_GID, path)
+        owner = _as_tenant(TENANT_UID, TENANT_GID, tenant_tree, "-c", NEVER_READ, path)
         assert _line(owner) == {"ready": True}
         assert _wait(lambda: hub.stats(1)["clients"] == 1)
         owner.kill()
@@ -268,7 +289,8 @@ def test_endpoint_owner_mode_and_who_may_connect(dp_factory, state_dir):
 
 
 @pytest.mark.integration
-def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_factory, state_dir):
+def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_factory, state_dir,
+                                                                       tenant_tree):
     _need_root()
     dp = dp_factory("cycles")
     dp.set_rules([_passing_tenant(dp)])
@@ -277,7 +299,7 @@ def test_passed_packets_reach_the_tenants_client_and_its_frame_goes_out(dp_facto
     dp.use_mem_backend(_tcp_flows(H_IP, rate_pps=2000.0), duration_s=0.25)
     with SlowPathHub(dp, state_dir) as hub:
         path = hub.add_tenant(1, "alpha", uid=TENANT_UID, gid=TENANT_GID)
-        client = _client_as(TENANT_UID, TENANT_GID, path, want=20, reply=reply)
+        client = _client_as(TENANT_UID, TENANT_GID, tenant_tree, path, want=20, reply=reply)
         assert _line(client) == {"ready": True}
         assert _wait(lambda: hub.stats(1)["clients"] == 1)
         with dp.running():
@@ -384,7 +406,8 @@ time.sleep(60)
 
 
 @pytest.mark.integration
-def test_a_tenant_that_does_not_read_loses_only_its_own_messages(dp_factory, state_dir):
+def test_a_tenant_that_does_not_read_loses_only_its_own_messages(dp_factory, state_dir,
+                                                                tenant_tree):
     _need_root()
     dp = dp_factory("fifo")
     dp.set_rules([_passing_tenant(dp, 1, "10.0.0.1"), _passing_tenant(dp, 2, "10.0.0.2")])
@@ -398,10 +421,8 @@ def test_a_tenant_that_does_not_read_loses_only_its_own_messages(dp_factory, sta
                                                  (2, "busy", READ_ALL, 4 << 20)):
                 path = hub.add_tenant(tenant, name, uid=TENANT_UID + tenant,
                                       gid=TENANT_GID + tenant, sndbuf=sndbuf)
-                procs.append(subprocess.Popen(
-                    ["/usr/bin/python3", "-c", script, str(path)], user=TENANT_UID + tenant,
-                    group=TENANT_GID + tenant, extra_groups=[], cwd="/",
-                    env={"PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True))
+                procs.append(_as_tenant(TENANT_UID + tenant, TENANT_GID + tenant, tenant_tree,
+                                        "-c", script, path))
                 assert _line(procs[-1]) == {"ready": True}
             assert _wait(lambda: hub.stats(1)["clients"] == hub.stats(2)["clients"] == 1)
             with dp.running():
@@ -432,7 +453,7 @@ G_IP_V, H_IP_V = "10.98.0.2", "10.98.0.1"
 
 
 @pytest.mark.integration
-def test_kv_miss_answered_by_the_tenant_app_over_afxdp(dp_factory, state_dir):
+def test_kv_miss_answered_by_the_tenant_app_over_afxdp(dp_factory, state_dir, tenant_tree):
     _need_root()
     import sys
 
@@ -468,11 +489,9 @@ def test_kv_miss_answered_by_the_tenant_app_over_afxdp(dp_factory, state_dir):
         os.chmod(store, 0o644)
         with SlowPathHub(dp, state_dir) as hub, dp.running():
             path = hub.add_tenant(1, "kv", uid=TENANT_UID, gid=TENANT_GID)
-            app = subprocess.Popen(
-                ["/usr/bin/python3", str(KV / "app.py"), "--endpoint", str(path),
-                 "--store", str(store), "--limit", "2"],
-                user=TENANT_UID, group=TENANT_GID, extra_groups=[], cwd="/", env={},
-                stdout=subprocess.PIPE, text=True)
+            app = _as_tenant(TENANT_UID, TENANT_GID, tenant_tree,
+                             tenant_tree / "tenants" / "kv" / "app.py", "--endpoint", path,
+                             "--store", store, "--limit", 2)
             assert app.stdout.readline().startswith("kv app: serving misses from 1 keys")
             assert _wait(lambda: hub.stats(1)["clients"] == 1)
             net.drain()
