@@ -44,7 +44,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "isolane make targets:"
-	@echo "  demo       set-up + build, then the quick tail-contagion experiment"
+	@echo "  demo       set-up + build, then isolaned on a veth testbed with two tenants, fifo vs cycles"
 	@echo "  test       set-up + build, then the test suite (PYTEST_ARGS=... passed to pytest)"
 	@echo "  test-asan  the test suite against an AddressSanitizer build"
 	@echo "  setup      apt packages, kernel-header links for bcc, bpffs, $(VENV)"
@@ -153,8 +153,11 @@ test-asan: setup
 		$(PY) -m pytest tests $(PYTEST_ARGS)
 	rm -f datapath/$(DP_MODULE).*.so
 
+# The product end to end: testbed, isolaned, two tenants registered by two
+# unix users through the CLI, the load generator without and with time
+# protection, a table and build/results/demo.png; everything removed after.
 demo: setup build
-	$(PY) bench/contagion.py --quick
+	$(PY) bench/demo.py
 
 bench: setup build
 	@mkdir -p $(RESULTS)
@@ -162,6 +165,10 @@ bench: setup build
 	$(PY) bench/throughput.py --json $(RESULTS)/throughput.json
 	$(PY) bench/progtax.py --json $(RESULTS)/progtax.json
 	$(PY) bench/afxdp_rate.py --json $(RESULTS)/afxdp_rate.json
+	$(PY) bench/contagion.py --backend afxdp --policy fifo --policy pkt_rate --policy cycles \
+		--json $(RESULTS)/contagion_wire.json --csv $(RESULTS)/contagion_wire.csv \
+		--plot $(RESULTS)/contagion_wire.png
+	$(PY) bench/control_ops.py
 
 # ---------------------------------------------------------------- clean
 
