@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import math
 import os
 import time
 import typing
@@ -131,6 +132,28 @@ class Datapath:
         self.tenants[tenant_id] = config
         return config
 
+    def del_tenant(self, tenant_id: int, *, withdraw_rules: bool = False) -> None:
+        """Removes a tenant, also while running: its queued packets go back
+        to the backend unsent, its slow path (if attached) and program are
+        dropped, its queue_cap returns to the queue-slot budget, and the id
+        may be added again. The datapath refuses while a rule names the
+        tenant (so no packet can be classified to a deleted id): withdraw
+        them first, or pass withdraw_rules=True to install the rules without
+        them before the delete."""
+        if tenant_id not in self.tenants:
+            raise NotFoundError(f"tenant {tenant_id}: no such tenant", errno=errno.ENOENT)
+        if withdraw_rules:
+            self.set_rules([r for r in self.rules if r.tenant != tenant_id])
+        ret = lib.dp_tenant_del(self._dp, tenant_id)
+        if ret == -errno.EBUSY:
+            named = sum(r.tenant == tenant_id for r in self.rules)
+            raise ConfigError(f"deleting tenant {tenant_id}: {named} rule(s) still send it "
+                              "traffic; withdraw them first (set_rules) or pass "
+                              "withdraw_rules=True", errno=errno.EBUSY)
+        check(ret, f"deleting tenant {tenant_id}")
+        del self.tenants[tenant_id]
+        self._programs.pop(tenant_id, None)  # no longer referenced by the loop
+
     def set_program(self, tenant_id: int, program, bound_ns: int = 0) -> None:
         """Runs `program` as the tenant's handler, also while the loop runs:
         an interpreter Program (datapath.ebpf_engine, `.handle`) or a jointly
@@ -165,7 +188,16 @@ class Datapath:
     def use_mem_backend(self, flows: list[Flow], duration_s: float, *, ring_size: int = 4096,
                         n_frames: int | None = None, core: int | None = None,
                         seed: int = 1) -> None:
-        """Packets from the in-memory open-loop generator (see backend_mem.c)."""
+        """Packets from the in-memory open-loop generator (see backend_mem.c),
+        which stops after `duration_s` (finite, > 0). With no flows there is
+        no generator at all: the loop runs on an idle backend (slow-path
+        sends still go out through its spare frames)."""
+        if not (isinstance(duration_s, (int, float)) and math.isfinite(duration_s)
+                and 0 < duration_s <= lib.DP_MEM_MAX_DURATION_S):
+            raise ConfigError(f"duration_s must be a finite number of seconds in "
+                              f"(0, {lib.DP_MEM_MAX_DURATION_S:.0e}], not {duration_s!r}"
+                              + (" (without flows any duration will do: nothing is generated)"
+                                 if not flows else ""))
         if n_frames is None:
             queued = sum(t.queue_cap for t in self.tenants.values())
             n_frames = 1 << (ring_size * 2 + queued + 1024 - 1).bit_length()
@@ -175,7 +207,7 @@ class Datapath:
         cfg.core = default_cores()[1] if core is None else core
         cfg.duration_s = duration_s
         cfg.seed = seed
-        cflows = ffi.new("struct dp_mem_flow[]", len(flows))
+        cflows = ffi.new("struct dp_mem_flow[]", max(1, len(flows)))
         keep = []
         for c, flow in zip(cflows, flows):
             buf = ffi.from_buffer(flow.frame)
@@ -394,6 +426,22 @@ class Datapath:
             cycles=st.cycles, lent_cycles=st.lent_cycles, throttles=st.throttles,
             balance=st.balance, forfeited=st.forfeited, queue_len=st.queue_len, latency=hist,
             slowpath_delivered=st.sp_delivered, slowpath_sent=st.sp_sent)
+
+    def mem_pool(self) -> dict[str, int]:
+        """Where the mem backend's frames are, read with the loop stopped
+        after it ran (a start puts every frame in its place):
+        frames, free, in_rx, spares, spare_free; `leaked` is what is in
+        none of those places (0 unless a frame was lost)."""
+        out = ffi.new("struct dp_mem_pool *")
+        ret = lib.dp_mem_pool(self._dp, out)
+        if ret == -errno.EBUSY:
+            raise IsolaneError("mem_pool() reads the frame pool with the loop stopped",
+                               errno=errno.EBUSY)
+        check(ret, "mem backend")
+        pool = {k: getattr(out, k) for k in ("frames", "free", "in_rx", "spares", "spare_free")}
+        pool["leaked"] = (pool["frames"] - pool["free"] - pool["in_rx"]
+                          + pool["spares"] - pool["spare_free"])
+        return pool
 
     def flow_stats(self, flow: int) -> FlowStats:
         """What the generator did for one flow (sent, lost at the NIC, late)."""

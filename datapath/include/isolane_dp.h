@@ -167,6 +167,8 @@ struct dp_mem_flow {
 	double off_us;
 };
 
+#define DP_MEM_MAX_DURATION_S 1000000000 /* ~31 years: the end fits in 64-bit TSC */
+
 struct dp_mem_config {
 	uint32_t ring_size;   /* rx/tx ring entries, power of two */
 	uint32_t n_frames;    /* frames in the pool, power of two */
@@ -194,12 +196,29 @@ int dp_running(dp_t *dp);
 int dp_tenant_add(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg);
 int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg);
 int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n);
+/* removes tenant id, also while running: its queued packets go back to the
+ * backend unsent, its slow path (if any) is dropped, its queue slots return
+ * to the budget, and the id may be added again. -EBUSY while a rule of the
+ * installed classifier names it (withdraw its rules first), -ENOENT when
+ * there is no such tenant. */
+int dp_tenant_del(dp_t *dp, uint32_t id);
 
 /* backends */
 int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg,
 		   const struct dp_mem_flow *flows, uint32_t n_flows);
 int dp_mem_done(dp_t *dp);  /* 1 once the generator has finished */
 int dp_flow_stats(dp_t *dp, uint32_t flow, struct dp_flow_stats *out);
+/* where the mem backend's frames are, read while the loop is stopped
+ * (-EBUSY while running): every frame is free, waiting in the RX ring, or
+ * (spare frames) handed out; frames minus those is what leaked */
+struct dp_mem_pool {
+	uint32_t frames;    /* n_frames: the generator's pool */
+	uint32_t free;      /* back with the generator (or on its way) */
+	uint32_t in_rx;     /* generated, not yet received by the loop */
+	uint32_t spares;    /* spare frames (the datapath's own packets) */
+	uint32_t spare_free;
+};
+int dp_mem_pool(dp_t *dp, struct dp_mem_pool *out);
 
 /* stats (safe to call while running) */
 int dp_tenant_stats(dp_t *dp, uint32_t id, struct dp_tenant_stats *out);

@@ -7,7 +7,11 @@
  * return ring whether the datapath transmitted or dropped them: the "wire"
  * ends at the generator. An arrival that finds the RX ring full or no free
  * frame is lost, as at a NIC, and counted against its flow: it never
- * completes, so it counts as infinitely late. */
+ * completes, so it counts as infinitely late.
+ *
+ * Without flows there is no generator thread: the loop runs on an idle
+ * backend (a daemon without a NIC), and its spare frames still carry the
+ * tenants' slow-path sends. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
@@ -254,6 +258,10 @@ static int mem_start(struct backend *b)
 	for (uint32_t i = 0; i < m->n_flows; i++)
 		memset(&m->flows[i].st, 0, sizeof(m->flows[i].st));
 	m->stop = m->done = 0;
+	if (!m->n_flows) {
+		m->done = 1; /* nothing to generate: no thread */
+		return 0;
+	}
 	err = -pthread_create(&m->thread, NULL, generator, m);
 	if (err)
 		return err;
@@ -327,8 +335,10 @@ int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_me
 	struct mem_backend *m;
 	int err = -EINVAL;
 
-	if (!n_flows || n_flows > DP_MAX_FLOWS || !nf || (nf & (nf - 1)) || !rs || (rs & (rs - 1)) ||
-	    rs > nf || !(cfg->duration_s > 0))
+	/* the duration becomes an end in TSC cycles: finite, and small enough
+	 * (DP_MEM_MAX_DURATION_S) that it fits in 64 bits */
+	if (n_flows > DP_MAX_FLOWS || !nf || (nf & (nf - 1)) || !rs || (rs & (rs - 1)) || rs > nf ||
+	    !(cfg->duration_s > 0 && cfg->duration_s <= DP_MEM_MAX_DURATION_S))
 		return -EINVAL;
 	m = calloc(1, sizeof(*m));
 	if (!m)
@@ -336,7 +346,7 @@ int dp_backend_mem(dp_t *dp, const struct dp_mem_config *cfg, const struct dp_me
 	m->be.ops = &mem_ops;
 	m->cfg = *cfg;
 	m->rng = cfg->seed ? cfg->seed : 0x9e3779b97f4a7c15ull;
-	m->flows = calloc(n_flows, sizeof(*m->flows));
+	m->flows = calloc(n_flows ? n_flows : 1, sizeof(*m->flows));
 	m->free = calloc(nf, sizeof(*m->free));
 	if (!m->flows || !m->free)
 		goto out_free;
@@ -394,4 +404,26 @@ int dp_flow_stats(dp_t *dp, uint32_t flow, struct dp_flow_stats *out)
 	out->dropped = __atomic_load_n(&m->flows[flow].st.dropped, __ATOMIC_RELAXED);
 	out->late = __atomic_load_n(&m->flows[flow].st.late, __ATOMIC_RELAXED);
 	return 0;
+}
+
+int dp_mem_pool(dp_t *dp, struct dp_mem_pool *out)
+{
+	struct mem_backend *m;
+	int err = 0;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	if (!dp->be || dp->be->ops != &mem_ops) {
+		err = -ENODEV;
+	} else if (dp->running) {
+		err = -EBUSY; /* the counts move under a running loop and generator */
+	} else {
+		m = to_mem(dp->be);
+		out->frames = m->cfg.n_frames;
+		out->free = m->n_free + (m->ret.prod.head - m->ret.cons.tail);
+		out->in_rx = m->rx.prod.head - m->rx.cons.tail;
+		out->spares = MEM_SPARE;
+		out->spare_free = m->n_spare;
+	}
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
 }

@@ -48,6 +48,7 @@ int dp_create(const struct dp_config *cfg, dp_t **out)
 	}
 	pthread_mutex_init(&dp->ctl_lock, NULL);
 	pthread_mutex_init(&dp->sp_lock, NULL);
+	pthread_mutex_init(&dp->stats_lock, NULL);
 	*out = dp;
 	return 0;
 }
@@ -67,6 +68,7 @@ void dp_destroy(dp_t *dp)
 	sched_fini(&dp->sched);
 	pthread_mutex_destroy(&dp->ctl_lock);
 	pthread_mutex_destroy(&dp->sp_lock);
+	pthread_mutex_destroy(&dp->stats_lock);
 	free(dp);
 }
 
@@ -127,16 +129,59 @@ int dp_tenant_set(dp_t *dp, uint32_t id, const struct dp_tenant_config *cfg)
 	return err;
 }
 
-int dp_set_handler(struct dp *dp, uint32_t id, const struct handler *h)
+/* Deleting a tenant: refused while a rule of the installed classifier
+ * names it (withdraw its rules first: then no packet the loop receives
+ * can be classified to it, and the classifier never returns a deleted
+ * id). Its slow path goes out of readers' and senders' reach, the loop
+ * unlinks it (tenant_unlink), and once the loop has let go and no stats
+ * reader holds it, it is freed and its queue slots return to the budget. */
+int dp_tenant_del(dp_t *dp, uint32_t id)
 {
-	struct dp_cmd cmd = {.op = CMD_SET_HANDLER, .handler = *h};
+	struct dp_cmd cmd = {.op = CMD_TENANT_DEL};
+	struct slowpath *sp;
+	struct tenant *t;
 	int err = 0;
 
 	pthread_mutex_lock(&dp->ctl_lock);
+	t = id < DP_MAX_TENANTS ? dp->tenants[id] : NULL;
+	err = !t ? -ENOENT : dp->rule_refs[id] ? -EBUSY : 0;
+	if (err)
+		goto out;
+	pthread_mutex_lock(&dp->sp_lock);
+	sp = dp->sp[id];
+	dp->sp[id] = NULL;
+	pthread_mutex_unlock(&dp->sp_lock);
+	cmd.tenant = t;
+	submit(dp, &cmd);
+	/* a reader that found t before the loop cleared its slot is done */
+	pthread_mutex_lock(&dp->stats_lock);
+	pthread_mutex_unlock(&dp->stats_lock);
+	dp->queue_slots -= t->cfg.queue_cap;
+	tenant_free(t);
+	slowpath_free(sp);
+out:
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
+}
+
+/* caller holds ctl_lock */
+static int set_handler_locked(struct dp *dp, uint32_t id, const struct handler *h)
+{
+	struct dp_cmd cmd = {.op = CMD_SET_HANDLER, .handler = *h};
+
 	if (id >= DP_MAX_TENANTS || !dp->tenants[id])
-		err = -ENOENT;
-	else
-		cmd.tenant = dp->tenants[id], submit(dp, &cmd);
+		return -ENOENT;
+	cmd.tenant = dp->tenants[id];
+	submit(dp, &cmd);
+	return 0;
+}
+
+int dp_set_handler(struct dp *dp, uint32_t id, const struct handler *h)
+{
+	int err;
+
+	pthread_mutex_lock(&dp->ctl_lock);
+	err = set_handler_locked(dp, id, h);
 	pthread_mutex_unlock(&dp->ctl_lock);
 	return err;
 }
@@ -154,13 +199,17 @@ int dp_tenant_set_prog(dp_t *dp, uint32_t id, dp_prog_t *prog, uint32_t bound_ns
 int dp_tenant_clear_prog(dp_t *dp, uint32_t id)
 {
 	struct handler h;
-	struct tenant *t = id < DP_MAX_TENANTS ? dp->tenants[id] : NULL;
+	struct tenant *t;
 	int err;
 
-	if (!t)
-		return -ENOENT;
-	err = handler_init(&h, t->cfg.handler, t->cfg.spin_ns);
-	return err ? err : dp_set_handler(dp, id, &h);
+	/* under the lock: the tenant's config is read from the tenant itself */
+	pthread_mutex_lock(&dp->ctl_lock);
+	t = id < DP_MAX_TENANTS ? dp->tenants[id] : NULL;
+	err = t ? handler_init(&h, t->cfg.handler, t->cfg.spin_ns) : -ENOENT;
+	if (!err)
+		err = set_handler_locked(dp, id, &h);
+	pthread_mutex_unlock(&dp->ctl_lock);
+	return err;
 }
 
 int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)
@@ -173,6 +222,9 @@ int dp_rules_set(dp_t *dp, const struct dp_rule *rules, uint32_t n)
 		return err;
 	pthread_mutex_lock(&dp->ctl_lock);
 	submit(dp, &cmd);
+	memset(dp->rule_refs, 0, sizeof(dp->rule_refs));
+	for (uint32_t i = 0; i < n; i++)
+		dp->rule_refs[rules[i].tenant]++; /* < DP_MAX_TENANTS: classifier_build checked */
 	pthread_mutex_unlock(&dp->ctl_lock);
 	classifier_free(cmd.cls); /* the one the loop gave back */
 	return 0;
@@ -247,30 +299,44 @@ int dp_running(dp_t *dp)
 	return dp->running;
 }
 
+/* the tenant in slot id for a stats reader; call with stats_lock held,
+ * which keeps a tenant being deleted from being freed under the reader */
+static struct tenant *stats_tenant(struct dp *dp, uint32_t id)
+{
+	return id < DP_MAX_TENANTS ? __atomic_load_n(&dp->tenants[id], __ATOMIC_ACQUIRE) : NULL;
+}
+
 int dp_tenant_stats(dp_t *dp, uint32_t id, struct dp_tenant_stats *out)
 {
-	struct tenant *t = id < DP_MAX_TENANTS ? __atomic_load_n(&dp->tenants[id], __ATOMIC_ACQUIRE)
-					       : NULL;
+	struct tenant *t;
+	int err = -ENOENT;
 
-	if (!t)
-		return -ENOENT;
-	*out = t->st;
-	out->balance = (int64_t)budget_units(&t->bucket, &t->cache);
-	out->queue_len = tq_len_racy(&t->q);
-	return 0;
+	pthread_mutex_lock(&dp->stats_lock);
+	t = stats_tenant(dp, id);
+	if (t) {
+		*out = t->st;
+		out->balance = (int64_t)budget_units(&t->bucket, &t->cache);
+		out->queue_len = tq_len_racy(&t->q);
+		err = 0;
+	}
+	pthread_mutex_unlock(&dp->stats_lock);
+	return err;
 }
 
 int dp_tenant_hist(dp_t *dp, uint32_t id, uint64_t *buckets, uint32_t n)
 {
-	struct tenant *t = id < DP_MAX_TENANTS ? __atomic_load_n(&dp->tenants[id], __ATOMIC_ACQUIRE)
-					       : NULL;
+	struct tenant *t;
+	int err = -EINVAL;
 
-	if (!t)
-		return -ENOENT;
 	if (n != DP_HIST_BUCKETS)
 		return -EINVAL;
-	memcpy(buckets, t->hist, n * sizeof(*buckets));
-	return 0;
+	pthread_mutex_lock(&dp->stats_lock);
+	t = stats_tenant(dp, id);
+	err = t ? 0 : -ENOENT;
+	if (t)
+		memcpy(buckets, t->hist, n * sizeof(*buckets));
+	pthread_mutex_unlock(&dp->stats_lock);
+	return err;
 }
 
 int dp_global_stats(dp_t *dp, struct dp_global_stats *out)

@@ -42,12 +42,14 @@ enum dp_cmd_op {
 	CMD_RESET_STATS,
 	CMD_SET_HANDLER,
 	CMD_SLOWPATH_SET,
+	CMD_TENANT_DEL, /* tenant: out of the loop's reach (tenant_unlink) */
 };
 
 struct dp_cmd {
 	uint32_t op;
 	int32_t result;
-	struct tenant *tenant;       /* ADD: fully built, SET: new config in cfg */
+	struct tenant *tenant;       /* ADD: fully built, SET: new config in cfg,
+					DEL: the one to unlink (control frees it) */
 	struct dp_tenant_config cfg;
 	struct classifier *cls;      /* RULES_SET: the new one in, the old one out */
 	struct handler handler;      /* SET_HANDLER: the tenant's new handler */
@@ -64,6 +66,13 @@ struct dp {
 	uint64_t rx_bursts;
 	struct tenant *tenants[DP_MAX_TENANTS];
 	uint32_t queue_slots; /* sum of queue capacities, <= SCHED_ORDER_CAP */
+	/* rules of the installed classifier that name each tenant id (control
+	 * side, under ctl_lock): a tenant is deleted only when none does, so
+	 * the classifier never returns the id of a tenant that was deleted */
+	uint32_t rule_refs[DP_MAX_TENANTS];
+	/* held by stats readers while they copy a tenant's counters: a deleted
+	 * tenant is freed only once no reader can still hold its pointer */
+	pthread_mutex_t stats_lock;
 	struct classifier *cls;
 	struct sched sched;
 	struct backend *be;
@@ -96,6 +105,10 @@ int dp_set_handler(struct dp *dp, uint32_t id, const struct handler *h);
 /* tenant.c */
 struct tenant *tenant_new(uint32_t id, const struct dp_tenant_config *cfg, int *err);
 void tenant_free(struct tenant *t);
+/* the loop's side of a delete (CMD_TENANT_DEL): takes t out of the
+ * scheduler and the slow-path list, gives its queued packets back to the
+ * backend and clears its slot; control frees t afterwards */
+void tenant_unlink(struct dp *dp, struct tenant *t);
 int tenant_config_check(const struct dp_tenant_config *cfg);
 
 /* dp.c */

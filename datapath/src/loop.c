@@ -442,6 +442,9 @@ void dp_apply_cmd(struct dp *dp, struct dp_cmd *cmd)
 	case CMD_RESET_STATS:
 		reset_stats(dp);
 		break;
+	case CMD_TENANT_DEL:
+		tenant_unlink(dp, cmd->tenant);
+		break;
 	}
 	cmd->result = 0;
 	__atomic_store_n(&cmd->done, 1, __ATOMIC_RELEASE);

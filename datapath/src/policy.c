@@ -45,6 +45,21 @@ static always_inline uint16_t ring_pop(struct id_ring *r)
 	return r->ids[r->head++ & r->mask];
 }
 
+/* drops every entry of id, keeping the others in order (in place: the
+ * write index never passes the read index) */
+static void ring_remove(struct id_ring *r, uint16_t id)
+{
+	uint32_t w = r->head;
+
+	for (uint32_t i = r->head; i != r->tail; i++) {
+		uint16_t v = r->ids[i & r->mask];
+
+		if (v != id)
+			r->ids[w++ & r->mask] = v;
+	}
+	r->tail = w;
+}
+
 /* ---- fifo: one arrival order over all tenants' queues ---- */
 
 static void fifo_enqueued(struct sched *s, struct tenant *t)
@@ -213,6 +228,22 @@ void sched_tenant_added(struct sched *s, struct tenant *t)
 {
 	s->ids[s->n_ids++] = (uint16_t)t->id;
 	sched_tenant_budget(s, t, true);
+}
+
+void sched_tenant_removed(struct sched *s, struct tenant *t)
+{
+	const uint16_t id = (uint16_t)t->id;
+
+	for (uint32_t i = 0; i < s->n_ids; i++) {
+		if (s->ids[i] == id) {
+			s->ids[i] = s->ids[--s->n_ids];
+			break;
+		}
+	}
+	ring_remove(&s->order, id);
+	ring_remove(&s->active, id);
+	ring_remove(&s->broke, id);
+	t->listed = false;
 }
 
 void sched_tenant_budget(struct sched *s, struct tenant *t, bool fresh)

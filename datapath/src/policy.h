@@ -109,6 +109,11 @@ int sched_init(struct sched *s, uint32_t policy, bool work_conserving, uint64_t 
 void sched_fini(struct sched *s);
 /* a tenant joined (its slot in tenants[] is already set) */
 void sched_tenant_added(struct sched *s, struct tenant *t);
+/* a tenant leaves (its queue is being emptied, its slot cleared): its id
+ * goes from the refill list and from every ring (fifo: one entry per queued
+ * packet; budget policies: its place in the active or broke ring), the
+ * others' entries keep their order */
+void sched_tenant_removed(struct sched *s, struct tenant *t);
 /* (re)derives a tenant's bucket from its config for the policy's currency;
  * fresh: start full, else keep the balance (and any debt) */
 void sched_tenant_budget(struct sched *s, struct tenant *t, bool fresh);

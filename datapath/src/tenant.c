@@ -58,3 +58,29 @@ void tenant_free(struct tenant *t)
 	free(t->hist);
 	free(t);
 }
+
+/* Runs on the loop thread between iterations (on the caller's when the loop
+ * is stopped), so no turn, window or flush holds t: every reference the
+ * loop has is here. The classifier no longer names t (dp_tenant_del). */
+void tenant_unlink(struct dp *dp, struct tenant *t)
+{
+	struct pkt *burst[RX_BATCH_MAX];
+
+	sched_tenant_removed(&dp->sched, t);
+	for (uint32_t i = 0; i < dp->n_sp; i++) {
+		if (dp->sp_tenants[i] == t) {
+			dp->sp_tenants[i] = dp->sp_tenants[--dp->n_sp];
+			break;
+		}
+	}
+	t->sp = NULL;
+	/* its backlog goes back to the backend's pool, unsent */
+	while (tq_len(&t->q)) {
+		uint32_t n = 0;
+
+		while (n < RX_BATCH_MAX && tq_len(&t->q))
+			burst[n++] = tq_pop(&t->q);
+		dp->be->ops->free_burst(dp->be, burst, n);
+	}
+	__atomic_store_n(&dp->tenants[t->id], NULL, __ATOMIC_RELEASE);
+}
