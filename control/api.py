@@ -279,13 +279,10 @@ class Api:
             if want_id is None:
                 want_id = self.plane.free_id(taken)
                 if want_id is None:
-                    raise RpcFault(CONFLICT, "no free tenant id (deleted tenants' slots return "
-                                   "when isolaned restarts)")
+                    raise RpcFault(CONFLICT, f"no free tenant id: all {lib.DP_MAX_TENANTS - 1} "
+                                   "are taken")
             elif want_id in taken:
                 raise RpcFault(CONFLICT, f"tenant id {want_id} is taken")
-            elif want_id in self.plane.retired:
-                raise RpcFault(CONFLICT, f"tenant id {want_id} belonged to a deleted tenant; "
-                               "the datapath frees its slot when isolaned restarts")
             self._check_overlap(want_id, rules)
             t = {"id": want_id, "name": name, "owner_spec": owner, "owner_uid": uid,
                  "owner_gid": gid, **budget, "rules": rules}
@@ -301,7 +298,7 @@ class Api:
         with self.state.change():
             t = self._tenant(caller, ref)
             self.state.delete_tenant(t["id"])
-            self.plane.retire_tenant(t["id"])
+            self.plane.delete_tenant(t["id"])  # raises -> rollback
         self.restore_errors.pop(t["id"], None)
         log.info("tenant deleted id=%d name=%s", t["id"], t["name"])
         return {"deleted": t["name"]}

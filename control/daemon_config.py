@@ -20,6 +20,7 @@ ATTACH_MODES = ("skb", "native", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HANDLERS = ("drop", "echo", "udp_echo")
 DEFAULT_CONFIG = "/etc/isolane/isolaned.toml"
+MAX_QUEUES = 64  # AF_XDP sockets one datapath backend runs (DP_AFXDP_MAX_QUEUES)
 
 
 class DaemonConfigError(ConfigError):
@@ -31,7 +32,7 @@ class Interface:
     ifname: str
     queues: tuple[int, ...] = (0,)
     netns: str | None = None
-    mode: str = "skb"  # how the steering program attaches: skb, native, auto
+    mode: str = "skb"  # XDP mode of the sockets and the steering program: skb, native, auto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,10 +192,15 @@ def parse(text: str, source: Path | None = None) -> DaemonConfig:
     ifaces = _take(doc, "interfaces", "", list, [])
     fields["interfaces"] = tuple(_interface(raw, i) for i, raw in enumerate(ifaces))
     if fields["backend"] == "afxdp":
-        if len(fields["interfaces"]) != 1 or len(fields["interfaces"][0].queues) != 1:
+        if len(fields["interfaces"]) != 1:
             raise DaemonConfigError(
-                "interfaces: the afxdp backend runs one AF_XDP socket today: give exactly one "
-                "[[interfaces]] with one queue (e.g. queues = [0])")
+                "interfaces: the afxdp backend serves one interface (one AF_XDP socket per "
+                "queue of it): give exactly one [[interfaces]]")
+        queues = fields["interfaces"][0].queues
+        if len(queues) > MAX_QUEUES or len(set(queues)) < len(queues):
+            raise DaemonConfigError(
+                f"interfaces[0].queues: at most {MAX_QUEUES} distinct queue indexes, "
+                f"not {list(queues)}")
     _no_leftovers(doc, "")
     return DaemonConfig(**fields)
 

@@ -1,11 +1,13 @@
 """The daemon's hold on the data plane: one Datapath, its backend (the mem
-generator idling, or one AF_XDP socket behind the steering program) and the
-tenant slow path, every call serialised by one lock.
+backend without flows, or one AF_XDP socket per configured queue of the
+interface behind the steering program) and the tenant slow path, every
+call serialised by one lock.
 
-Tenants cannot be removed from a running Datapath yet (no DP_CMD for it):
-a deleted tenant is *retired* — its rules are withdrawn, so no packet
-reaches it, its program is unloaded and its handler set to drop — and its
-slot stays taken until the daemon restarts.
+A deleted tenant leaves the running datapath: its rules are withdrawn
+first (the datapath refuses to delete a tenant a rule still names, so no
+packet is ever classified to a deleted id), then its slow path endpoint is
+closed and the datapath frees it, its queued packets and its queue slots;
+its id may be given to the next tenant.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ import logging
 import threading
 import time
 
-from datapath import Datapath, Flow, Rule, TenantConfig
+from datapath import Datapath, Rule, TenantConfig
 from datapath._dp import lib
 from datapath.errors import ConfigError, NotFoundError
 
 log = logging.getLogger("isolaned.plane")
 
-IDLE_GENERATOR_S = 1e-6  # the idle mem generator ends at once (nothing to send)
+IDLE_FRAMES = 64  # the idle mem backend's pool: nothing is generated into it
 
 
 class Plane:
@@ -30,7 +32,6 @@ class Plane:
         self.dp = Datapath(policy=cfg.policy, work_conserving=cfg.work_conserving,
                            refill_us=cfg.refill_us, quantum_us=cfg.quantum_us,
                            core=cfg.fastpath_core)
-        self.retired: set[int] = set()
         self.programs: dict[int, object] = {}  # tenant -> engine program (kept alive)
         self.rules: dict[int, list[dict]] = {}
         self.steer = None
@@ -48,31 +49,27 @@ class Plane:
 
     def _idle_mem_backend(self) -> None:
         """The mem backend with no traffic: what a daemon without a NIC runs
-        (development, tests, the control plane's own benchmarks). Its
-        generator is given a moment's duration, so its thread ends at once
-        instead of busy-polling a core for nothing; the loop still runs."""
-        core = self.cfg.generator_core
-        try:
-            self.dp.use_mem_backend([], duration_s=IDLE_GENERATOR_S, core=core)
-            return
-        except ConfigError:
-            pass
-        # This datapath refuses a generator without flows: one flow of a
-        # frame no rule matches, due in ~11 days, i.e. after the generator ended.
-        dormant = Flow(frame=b"\xff" * 12 + b"\x88\xb5" + bytes(46), rate_pps=1e-6)
-        self.dp.use_mem_backend([dormant], duration_s=IDLE_GENERATOR_S, core=core)
-        log.debug("mem backend: one dormant flow (the datapath needs >= 1 flow)")
+        (development, tests, the control plane's own benchmarks). Without
+        flows it starts no generator thread; the loop runs and carries the
+        tenants' slow-path sends. Its frame pool is kept small: nothing is
+        generated into it."""
+        self.dp.use_mem_backend([], duration_s=1.0, ring_size=IDLE_FRAMES, n_frames=IDLE_FRAMES,
+                                core=self.cfg.generator_core)
 
     def _afxdp_backend(self) -> None:
+        """One AF_XDP socket per configured queue of the interface, all in
+        the XDP mode the interface's `mode` asks for (auto: native where the
+        driver has it), and the steering program attached in the mode the
+        sockets got, each queue's frames steered to that queue's socket."""
         from ebpf.steer import Steer
 
         iface = self.cfg.interfaces[0]
-        queue = iface.queues[0]
-        self.dp.use_afxdp_backend(iface.ifname, queue, netns=iface.netns)
-        self.steer = Steer(iface.ifname, netns=iface.netns, mode=iface.mode)
-        self.steer.bind_xsk(queue, self.dp.afxdp_fd)
-        log.info("afxdp on %s queue %d (steering in %s mode)", iface.ifname, queue,
-                 self.steer.mode)
+        self.dp.use_afxdp_backend(iface.ifname, queues=list(iface.queues), mode=iface.mode,
+                                  netns=iface.netns)
+        self.steer = Steer(iface.ifname, netns=iface.netns, mode=self.dp.afxdp_xdp_mode)
+        self.steer.bind_xsks(self.dp.afxdp_fds())
+        log.info("afxdp on %s queues %s (sockets and steering in %s mode)", iface.ifname,
+                 list(iface.queues), self.steer.mode)
 
     def start(self) -> None:
         with self.lock:
@@ -97,35 +94,31 @@ class Plane:
                             cap_us=t["cap_us"])
 
     def free_id(self, taken: set[int]) -> int | None:
+        """The lowest id no tenant holds (a deleted tenant's id is free again)."""
         for i in range(1, lib.DP_MAX_TENANTS):
-            if i not in taken and i not in self.retired and i not in self.dp.tenants:
+            if i not in taken and i not in self.dp.tenants:
                 return i
         return None
 
     def add_tenant(self, t: dict) -> None:
         with self.lock:
-            if t["id"] in self.retired:
-                raise ConfigError(f"tenant id {t['id']} belonged to a deleted tenant; the "
-                                  "datapath frees its slot when isolaned restarts")
             try:
                 self.dp.add_tenant(t["id"], self.tenant_config(t))
             except ConfigError as e:
                 if e.errno != errno.ENOSPC:
                     raise
-                held = sum(self.dp.tenants[r].queue_cap for r in self.retired)
+                used = sum(c.queue_cap for c in self.dp.tenants.values())
                 raise ConfigError(
                     f"no room for a queue of {t['queue_cap']} packets: the datapath's queues "
-                    f"hold {lib.DP_QUEUE_SLOTS} in all"
-                    + (f", {held} of them still held by deleted tenants until isolaned "
-                       "restarts" if held else "") + "; give a smaller queue_cap",
-                    errno=errno.ENOSPC) from None
+                    f"hold {lib.DP_QUEUE_SLOTS} in all and {used} are taken by the other "
+                    "tenants; give a smaller queue_cap", errno=errno.ENOSPC) from None
             try:
                 if self.slowpath is not None:
                     self.slowpath.add_tenant(t["id"], t["name"], t.get("owner_uid"),
                                              t.get("owner_gid"))
                 self._set_rules({**self.rules, t["id"]: t.get("rules", [])})
             except Exception:
-                self._retire(t["id"])
+                self._remove(t["id"])
                 raise
 
     def set_tenant(self, tid: int, t: dict, rules: list[dict] | None) -> None:
@@ -144,19 +137,18 @@ class Plane:
                                        cap_us=old.cap_us)
                     raise
 
-    def retire_tenant(self, tid: int) -> None:
+    def delete_tenant(self, tid: int) -> None:
+        """Takes the tenant out of the running datapath: rules first (no
+        packet is classified to it from then on), then its slow path
+        endpoint, then the tenant itself with its queued packets, its
+        program and its queue slots. Its id is free afterwards."""
         with self.lock:
-            rules = {k: v for k, v in self.rules.items() if k != tid}
-            self._set_rules(rules)
-            self._retire(tid)
+            if tid in self.rules:
+                self._set_rules({k: v for k, v in self.rules.items() if k != tid})
+            self._remove(tid)
 
-    def _retire(self, tid: int) -> None:
-        if tid in self.programs:
-            self.dp.clear_program(tid)
-            self.programs.pop(tid, None)
-        if tid in self.dp.tenants:
-            self.dp.set_tenant(tid, handler="drop")
-            self.retired.add(tid)
+    def _remove(self, tid: int) -> None:
+        """The rest of a delete, once no rule names tid (also undoes a failed add)."""
         self.rules.pop(tid, None)
         self._rates.pop(tid, None)
         if self.slowpath is not None:
@@ -166,6 +158,9 @@ class Plane:
                 pass  # it never got one (a failed add)
             except Exception as e:
                 log.warning("slow path: removing tenant %d: %s", tid, e)
+        if tid in self.dp.tenants:
+            self.dp.del_tenant(tid)
+        self.programs.pop(tid, None)  # the loop no longer runs it: free to go
 
     def _set_rules(self, by_tenant: dict[int, list[dict]]) -> None:
         """Installs every live tenant's rules at once (the classifier is
@@ -210,7 +205,7 @@ class Plane:
         st = self.dp.tenant_stats(tid, latency=latency)
         now = time.monotonic()
         prev = self._rates.get(tid)
-        if prev is None:
+        if prev is None or st.rx < prev[1]:  # first look, or a new tenant under this id
             self._rates[tid] = (now, st.rx, 0.0)
             pps = 0.0
         elif now - prev[0] >= 1.0:
@@ -223,8 +218,10 @@ class Plane:
     def sample_rates(self) -> None:
         """Called once a second so `pps` covers the last second."""
         for tid in list(self.dp.tenants):
-            if tid not in self.retired:
+            try:
                 self.tenant_stats(tid, latency=False)
+            except NotFoundError:
+                pass  # deleted since the list was taken
 
     def close(self) -> None:
         with self.lock:

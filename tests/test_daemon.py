@@ -125,10 +125,39 @@ def test_tenant_add_show_set_del(daemon, client):
 
     assert client.call("tenant.del", tenant="web") == {"deleted": "web"}
     assert error_of(client, "tenant.show", tenant="web").code == -32002
-    # the name is free again; the deleted tenant's slot is not reused
-    again = add(client, "web")
-    assert again["id"] != t["id"]
+    assert error_of(client, "tenant.del", tenant="web").code == -32002
+    # the name and the id are free again: the datapath deleted the tenant
+    again = add(client, "web2")
+    assert again["id"] == t["id"]  # the lowest free id
+    shown = client.call("tenant.show", tenant="web2")
+    assert shown["stats"]["rx"] == 0 and shown["handler"] == "drop"  # a new tenant
+    client.call("tenant.del", tenant="web2")
+    assert add(client, "web", id=t["id"])["id"] == t["id"]  # also when asked for by number
     client.call("tenant.del", tenant="web")
+
+
+def test_deleted_tenants_give_back_their_queue_slots(daemon, client):
+    """Half the datapath's queue slots, added and deleted again and again:
+    each delete returns them (a retired tenant used to hold them)."""
+    for i in range(4):
+        t = add(client, f"big{i}", queue_cap=32768, rules=[{"dport": 7100 + i}])
+        with Client(daemon.socket) as c2:
+            assert c2.call("slowpath.info", tenant=t["id"])["path"].endswith(f"big{i}.sock")
+        client.call("tenant.del", tenant=t["id"])
+        assert error_of(client, "slowpath.info", tenant=t["id"]).code == -32002
+    assert all(not t["name"].startswith("big") for t in client.call("tenant.list"))
+    still_serving(daemon)
+
+
+def test_delete_a_tenant_with_a_program_and_reuse_its_id(daemon, client):
+    t = add(client, "progdel", rules=[{"dport": 7200}])
+    client.call("prog.load", tenant="progdel", source=UDP_ECHO, engine="interp")
+    assert client.call("tenant.del", tenant="progdel") == {"deleted": "progdel"}
+    assert all(p["tenant"] != "progdel" for p in client.call("prog.list"))
+    again = add(client, "progdel", id=t["id"], rules=[{"dport": 7200}])
+    assert again["program"] is None  # the old program went with the old tenant
+    assert error_of(client, "prog.show", tenant="progdel").code == -32002
+    client.call("tenant.del", tenant="progdel")
 
 
 @pytest.mark.parametrize("params, code, words", [

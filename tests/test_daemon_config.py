@@ -30,6 +30,19 @@ def test_afxdp_with_one_interface():
     assert (cfg.fastpath_core, cfg.generator_core) == (0, 1)
 
 
+def test_afxdp_with_several_queues():
+    from datapath._dp import lib
+
+    from control.daemon_config import MAX_QUEUES
+
+    cfg = parse('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "eth1"\nqueues = 2\n')
+    assert cfg.interfaces[0].queues == (0, 1)
+    cfg = parse('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "eth1"\n'
+                'queues = [3, 1]\nmode = "native"\n')
+    assert cfg.interfaces[0].queues == (3, 1)
+    assert MAX_QUEUES == lib.DP_AFXDP_MAX_QUEUES
+
+
 @pytest.mark.parametrize("text, key", [
     ('[daemon]\nstate_dir = 1\n', "daemon.state_dir"),
     ('[daemon]\nlog_level = "loud"\n', "daemon.log_level"),
@@ -44,7 +57,12 @@ def test_afxdp_with_one_interface():
     ('[[interfaces]]\nqueues = [0]\n', "interfaces[0].ifname"),
     ('[[interfaces]]\nifname = "x"\nqueues = [-1]\n', "interfaces[0].queues"),
     ('[[interfaces]]\nifname = "x"\nspeed = 10\n', "interfaces[0].speed"),
-    ('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "x"\nqueues = 2\n', "interfaces"),
+    ('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "x"\n[[interfaces]]\nifname = "y"\n',
+     "interfaces"),
+    ('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "x"\nqueues = [1, 1]\n',
+     "interfaces[0].queues"),
+    ('[datapath]\nbackend = "afxdp"\n[[interfaces]]\nifname = "x"\nqueues = 65\n',
+     "interfaces[0].queues"),
     ('daemon = 3\n', "daemon"),
     ('[extra]\n', "extra: unknown key"),
 ])
