@@ -23,6 +23,8 @@ from datapath.errors import ConfigError, NotFoundError
 log = logging.getLogger("isolaned.plane")
 
 IDLE_FRAMES = 64  # the idle mem backend's pool: nothing is generated into it
+AFXDP_RING = 2048    # one socket's RX/TX ring size (the datapath's default)
+AFXDP_MIN_RING = 8  # per socket (64 queues: 32 each)
 
 
 class Plane:
@@ -64,8 +66,11 @@ class Plane:
         from ebpf.steer import Steer
 
         iface = self.cfg.interfaces[0]
+        # the sockets share the rings' worth of one socket, so the UMEM stays
+        # 4096 frames (8 MiB: the usual RLIMIT_MEMLOCK) however many queues
+        ring = max(AFXDP_MIN_RING, AFXDP_RING >> (len(iface.queues) - 1).bit_length())
         self.dp.use_afxdp_backend(iface.ifname, queues=list(iface.queues), mode=iface.mode,
-                                  netns=iface.netns)
+                                  ring_size=ring, netns=iface.netns)
         self.steer = Steer(iface.ifname, netns=iface.netns, mode=self.dp.afxdp_xdp_mode)
         self.steer.bind_xsks(self.dp.afxdp_fds())
         log.info("afxdp on %s queues %s (sockets and steering in %s mode)", iface.ifname,

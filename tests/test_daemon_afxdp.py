@@ -1,7 +1,8 @@
 """isolaned on the afxdp backend: a veth pair in namespaces of this test's
-own, the daemon attached to the host end (steering program + one AF_XDP
-socket), tenants and programs added through the API answering real frames,
-and the interface left clean (no XDP program) by SIGTERM and after kill -9.
+own, the daemon attached to the host end (steering program + an AF_XDP
+socket per configured queue: one, and two on a two-queue pair), tenants and
+programs added and deleted through the API answering real frames, and the
+interface left clean (no XDP program) by SIGTERM and after kill -9.
 """
 from __future__ import annotations
 
@@ -168,3 +169,81 @@ def test_program_swaps_through_the_api_lose_no_packet(net, daemon):
     missing = sorted(set(range(n)) - got)
     assert not missing, f"{len(missing)} of {n} datagrams not echoed across {swaps} swaps " \
                         f"(first: {missing[:5]}; datapath rx {stats['rx']}, tx {stats['tx']})"
+
+
+# ---- two queues (netns/veth prefix isldq-): a socket on each, tenants deleted live
+
+Q_H_IP, Q_P_IP = "10.98.1.1", "10.98.1.2"
+
+
+@pytest.fixture
+def mqnet(request):
+    """A veth pair with two receive and two transmit queues on each end."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (netns, veth, XDP, AF_XDP)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("sending on veth queue 1 needs two CPUs (see VethPair.send)")
+    n = VethPair(f"isldq-{os.getpid()}", Q_H_IP, Q_P_IP, host_if="ldqh", peer_if="ldqp",
+                 expect_timeout=2.0, queues=2)
+    request.addfinalizer(n.close)
+    return n
+
+
+@pytest.fixture
+def mqdaemon(mqnet, tmp_path):
+    # native: veth reports a frame's receive queue to XDP only in native mode
+    d = LocalDaemon(tmp_path / "d", backend="afxdp", extra_toml=(
+        f'[[interfaces]]\nifname = "{mqnet.if_host}"\nqueues = 2\nnetns = "{mqnet.ns_host}"\n'
+        'mode = "native"\n'))
+    yield d
+    d.cleanup()
+
+
+def echoed_on(net, queue, sport, dport, payload) -> bool:
+    """Sent on the peer's transmit queue `queue` (so into the host's receive
+    queue of that number), answered by a UDP echo."""
+    net.send(net.udp(sport, dport, payload), queue=queue)
+    reply = net.expect(lambda p: UDP in p and p[UDP].sport == dport and p[UDP].dport == sport
+                       and p[IP].src == Q_H_IP and bytes(p[UDP].payload) == payload)
+    return reply is not None
+
+
+def test_every_queue_served_and_tenants_deleted_live(mqnet, mqdaemon):
+    """isolaned opens a socket on each configured queue: frames arriving on
+    queue 0 and on queue 1 are answered. A tenant deleted while the other
+    keeps serving stops answering at once, its id comes back with the next
+    tenant added, and that new tenant starts from nothing."""
+    net = mqnet
+    mqdaemon.start()
+    assert [p["name"] for p in attached_programs(net.if_host, net.ns_host)] == ["isolane_steer"]
+    with Client(mqdaemon.socket) as c:
+        st = c.call("daemon.status")
+        assert st["interfaces"][0]["queues"] == [0, 1] and st["interfaces"][0]["mode"] == "native"
+        a = c.call("tenant.add", name="a", owner="root", share=0.4, cap_us=50,
+                   handler="udp_echo", rules=[{"ip_dst": Q_H_IP, "proto": "udp", "dport": 7}])
+        c.call("tenant.add", name="b", owner="root", share=0.4, cap_us=50, handler="udp_echo",
+               rules=[{"ip_dst": Q_H_IP, "proto": "udp", "dport": 9}])
+        net.drain()
+        for q in (0, 1):
+            for i in range(3):
+                assert echoed_on(net, q, 5000 + q, 7, b"a on queue %d #%d" % (q, i)), (q, i)
+                assert echoed_on(net, q, 5100 + q, 9, b"b on queue %d #%d" % (q, i)), (q, i)
+        by_name = {s["name"]: s for s in c.call("stats")["tenants"]}
+        assert by_name["a"]["rx"] == by_name["a"]["tx"] == 6
+        assert by_name["b"]["rx"] == by_name["b"]["tx"] == 6
+
+        assert c.call("tenant.del", tenant="a") == {"deleted": "a"}
+        for q in (0, 1):
+            assert not echoed_on(net, q, 5200 + q, 7, b"a is gone %d" % q)
+            assert echoed_on(net, q, 5300 + q, 9, b"b still here %d" % q)
+
+        again = c.call("tenant.add", name="a2", owner="root", share=0.4, cap_us=50,
+                       handler="udp_echo", rules=[{"ip_dst": Q_H_IP, "proto": "udp", "dport": 7}])
+        assert again["id"] == a["id"]
+        for q in (0, 1):
+            assert echoed_on(net, q, 5400 + q, 7, b"a2 on queue %d" % q)
+        by_name = {s["name"]: s for s in c.call("stats")["tenants"]}
+        assert by_name["a2"]["rx"] == by_name["a2"]["tx"] == 2  # nothing of a's
+        assert by_name["b"]["rx"] == by_name["b"]["tx"] == 8
+    assert mqdaemon.stop() == 0
+    assert attached_programs(net.if_host, net.ns_host) == []
