@@ -355,8 +355,11 @@ class Api:
                "bound_insns": program.bound_insns, "bound_cycles": program.bound_cycles,
                "loaded_at": round(time.time(), 3)}
         with self.state.change():
+            # ids are reused after a delete: the same id and name may now be
+            # another tenant, so the caller's right to it is checked again
             now = self.state.tenant(t["id"])
-            if now is None or now["name"] != t["name"]:
+            if (now is None or now["name"] != t["name"] or now["owner_spec"] != t["owner_spec"]
+                    or not (caller.admin or caller.owns(now))):
                 raise RpcFault(NOT_FOUND, f"tenant {ref!r} was deleted during the build")
             self.state.put_program(row)
             self.plane.set_program(t["id"], loaded, self._bound_ns(program))
@@ -405,9 +408,10 @@ class Api:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def prog_unload(self, caller, p: Params):
-        t = self._tenant(caller, p.tenant())
+        ref = p.tenant()
         p.end()
         with self.state.change():
+            t = self._tenant(caller, ref)  # still there, still the caller's?
             if self.state.program(t["id"]) is None:
                 raise RpcFault(NOT_FOUND, f"tenant {t['name']!r} has no program")
             self.state.delete_program(t["id"])
@@ -446,7 +450,16 @@ class Api:
                 "total_cycles": g.total_cycles, "tsc_hz": self.plane.dp.tsc_hz}
         if not caller.admin:  # what other tenants send is not a tenant's business
             glob = {k: glob[k] for k in ("stalls", "stall_cycles", "tsc_hz")}
-        return {"tenants": [self._tenant_stats(t) for t in tenants], "global": glob,
+        if ref is not None:
+            rows = [self._tenant_stats(t) for t in tenants]
+        else:
+            rows = []
+            for t in tenants:
+                try:
+                    rows.append(self._tenant_stats(t))
+                except NotFoundError:
+                    pass  # deleted since the list was read
+        return {"tenants": rows, "global": glob,
                 "uptime_s": round(time.time() - self.started, 3)}
 
     def slowpath_info(self, caller, p: Params):

@@ -419,6 +419,43 @@ def test_concurrent_clients(daemon, client):
             client.call("tenant.del", tenant=n)
 
 
+def test_stats_while_tenants_come_and_go(daemon, client):
+    """Readers list and read every tenant while others are deleted and
+    re-added under the same ids: no read fails, none sees a half-deleted
+    tenant, and the ids come back each time."""
+    names = [f"churn{i}" for i in range(4)]
+    ids = {n: add(client, n, share=0.05, rules=[{"dport": 7300 + i}])["id"]
+           for i, n in enumerate(names)}
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader():
+        try:
+            with Client(daemon.socket, timeout_s=60) as c:
+                while not done.is_set():
+                    c.call("stats")
+                    c.call("tenant.list")
+        except Exception as e:
+            errors.append(repr(e))
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for k in range(15):
+            for i, n in enumerate(names):
+                client.call("tenant.del", tenant=n)
+                again = add(client, n, share=0.05, rules=[{"dport": 7300 + i}])
+                assert again["id"] == ids[n], (k, n)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+        for n in names:
+            client.call("tenant.del", tenant=n)
+    assert errors == []
+
+
 def test_too_many_connections_are_refused_not_fatal(daemon):
     from control.rpc import MAX_CONNECTIONS
 
