@@ -201,7 +201,8 @@ class LoadResult:
     duration_s: float        # sending time, as the loop measured it
     wire: Wire
     io: str
-    stats: dict              # socket counters (unmatched, rx_dropped, ...)
+    stats: dict              # socket counters (unmatched, rx_dropped, ...), and core_taken:
+                             # the share of the run the generator thread waited for its core
 
     @property
     def sent(self) -> int:
@@ -434,7 +435,11 @@ def run(flows: list[LoadFlow], duration_s: float, wire: Wire | None = None, *,
         results[flow.name] = _flow_result(flow, st, t_sent, t_recv, stats.t_start, hz,
                                           window_s, sent_s)
     counters = {k: int(getattr(stats, k)) for k in
-                ("unmatched", "tx_kicks", "tx_errors", "rx_dropped", "rx_ring_full", "fill_empty")}
+                ("unmatched", "tx_kicks", "tx_errors", "rx_dropped", "rx_ring_full", "fill_empty",
+                 "run_ns", "wait_ns")}
+    # the share of the run the generator's core was someone else's
+    busy = counters["run_ns"] + counters["wait_ns"]
+    counters["core_taken"] = counters["wait_ns"] / busy if busy else math.nan
     counters["flows_full"] = [flow.name for flow, st in zip(flows, fstats) if st.full]
     return LoadResult(flows=results, duration_s=sent_s, wire=wire, io=io, stats=counters)
 

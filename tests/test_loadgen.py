@@ -257,7 +257,7 @@ def test_afxdp_rate_quick_table(bed, tmp_path):
          "--duration", "0.3", "--testbed-config", str(toml), "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for word in ("bare", "isolane", "echo Mpps", "ratio"):
+    for word in ("bare", "isolane", "echo", "taken", "ratio", "undisturbed"):
         assert word in proc.stdout, word
     data = json.loads(out.read_text())
     assert len(data["rounds"]) == 4
@@ -266,6 +266,8 @@ def test_afxdp_rate_quick_table(bed, tmp_path):
     sat = {r["kind"]: r["echo_mpps"] for r in data["rounds"] if r["phase"] == "saturation"}
     assert data["ratio"] == pytest.approx(sat["isolane"] / sat["bare"])
     assert {r["kind"] for r in data["rounds"]} == {"bare", "isolane"}
+    # every round says how much of it the loop and the generator had their cores
+    assert all(0 <= r["loop_taken"] <= 1 and 0 <= r["gen_taken"] <= 1 for r in data["rounds"])
     # the steering program went with it
     host = TestbedConfig.load(toml).pair_specs()[0].host
     assert attached_programs(host.ifname, host.netns) == []

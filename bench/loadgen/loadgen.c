@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -353,6 +354,21 @@ static int pkt_open(struct lg *lg)
 
 /* ---------------------------------------------------------------- the loop */
 
+/* this thread's time on its core and waiting for it, ns (0 if unknown) */
+static void sched_times(uint64_t *run_ns, uint64_t *wait_ns)
+{
+	FILE *f = fopen("/proc/thread-self/schedstat", "r");
+	unsigned long long run = 0, wait = 0;
+
+	if (f) {
+		if (fscanf(f, "%llu %llu", &run, &wait) != 2)
+			run = wait = 0;
+		fclose(f);
+	}
+	*run_ns = run;
+	*wait_ns = wait;
+}
+
 /* whether any flow still has an arrival intended before `end` (a
  * generator that fell behind sends its backlog: open loop, nothing skipped) */
 static bool backlog(const struct lg *lg, uint64_t now, uint64_t end)
@@ -372,7 +388,10 @@ static void run(struct lg *lg)
 	const bool xdp = lg->cfg.io == LG_IO_AFXDP;
 	const uint64_t start = rdtsc();
 	uint64_t end = start + (uint64_t)(lg->cfg.duration_s * hz), drain_until = 0;
+	uint64_t run0, wait0;
 	bool sending = true;
+
+	sched_times(&run0, &wait0);
 
 	for (uint32_t i = 0; i < lg->n_flows; i++) {
 		struct gen_flow *f = &lg->flows[i];
@@ -411,6 +430,9 @@ static void run(struct lg *lg)
 	if (xdp)
 		xsk_port_kernel_stats(&lg->port, &lg->st.rx_dropped, &lg->st.rx_ring_full,
 				      &lg->st.fill_empty);
+	sched_times(&lg->st.run_ns, &lg->st.wait_ns);
+	lg->st.run_ns -= run0;
+	lg->st.wait_ns -= wait0;
 }
 
 static void *gen_thread(void *arg)

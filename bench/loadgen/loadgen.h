@@ -83,6 +83,8 @@ struct lg_stats {
 	uint64_t rx_dropped;  /* the socket's XDP_STATISTICS (afxdp) */
 	uint64_t rx_ring_full;
 	uint64_t fill_empty;
+	uint64_t run_ns;      /* the loop thread's time on its core, and waiting */
+	uint64_t wait_ns;     /* for it while runnable (/proc/thread-self/schedstat) */
 	uint64_t t_start;     /* TSC when sending began / ended */
 	uint64_t t_end;
 };
