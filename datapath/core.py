@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import errno
 import math
+import numbers
 import os
 import time
 import typing
@@ -192,7 +193,7 @@ class Datapath:
         which stops after `duration_s` (finite, > 0). With no flows there is
         no generator at all: the loop runs on an idle backend (slow-path
         sends still go out through its spare frames)."""
-        if not (isinstance(duration_s, (int, float)) and math.isfinite(duration_s)
+        if not (isinstance(duration_s, numbers.Real) and math.isfinite(duration_s)
                 and 0 < duration_s <= lib.DP_MEM_MAX_DURATION_S):
             raise ConfigError(f"duration_s must be a finite number of seconds in "
                               f"(0, {lib.DP_MEM_MAX_DURATION_S:.0e}], not {duration_s!r}"
