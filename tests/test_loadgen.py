@@ -20,6 +20,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -271,3 +272,26 @@ def test_afxdp_rate_quick_table(bed, tmp_path):
     # the steering program went with it
     host = TestbedConfig.load(toml).pair_specs()[0].host
     assert attached_programs(host.ifname, host.netns) == []
+
+
+def test_a_killed_generator_leaves_nothing_in_the_way(bed):
+    """SIGKILL mid-run leaves the generator's XDP program on its interface;
+    the next run removes it (it is ours by name), runs, and detaches."""
+    _, toml = bed
+    wire = _wire(bed)
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import loadgen; "
+            "from control.testbed import TestbedConfig; "
+            f"w = loadgen.Wire.testbed(TestbedConfig.load({str(toml)!r})); "
+            "loadgen.run([loadgen.LoadFlow('a', w.dst_ip, 7, 1000)], 30.0, w)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while not attached_programs(wire.ifname, wire.netns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [p["name"] for p in attached_programs(wire.ifname, wire.netns)] == ["lg_redirect"]
+    res = loadgen.run([loadgen.LoadFlow("a", wire.dst_ip, 7, 1000)], 0.2, wire, drain_s=0.1)
+    assert res.flows["a"].sent > 100
+    assert attached_programs(wire.ifname, wire.netns) == []
