@@ -48,7 +48,6 @@ from common import RESULTS, console as make_console, fmt_count, fmt_us, write_js
 
 from control.testbed import Testbed, TestbedConfig  # noqa: E402
 from datapath import Datapath, Rule, TenantConfig, default_cores  # noqa: E402
-from datapath._dp import ffi as dp_ffi, lib as dp_lib  # noqa: E402
 from datapath.errors import IsolaneError  # noqa: E402
 from ebpf.steer import Steer  # noqa: E402
 
@@ -102,10 +101,9 @@ def _socket_drops(st: dict) -> int:
 
 
 def _dp_counters(dp: Datapath) -> dict:
-    st = dp_ffi.new("struct dp_afxdp_stats *")
-    dp_lib.dp_afxdp_stats(dp._dp, st)
-    return {"tx": dp.tenant_stats(TENANT, latency=False).tx, "rx_dropped": st.rx_dropped,
-            "rx_ring_full": st.rx_ring_full, "fill_empty": st.fill_empty}
+    sock = dp.afxdp_stats()[0]
+    return {"tx": dp.tenant_stats(TENANT, latency=False).tx, "rx_dropped": sock["rx_dropped"],
+            "rx_ring_full": sock["rx_ring_full"], "fill_empty": sock["rx_fill_ring_empty_descs"]}
 
 
 def _bare(bed: Bed, flows, duration: float, tick) -> tuple[dict, dict, loadgen.LoadResult]:
@@ -131,8 +129,9 @@ def _isolane(bed: Bed, flows, duration: float, tick, handler: str):
     try:
         dp.add_tenant(TENANT, TenantConfig(handler=handler, queue_cap=1024))
         dp.set_rules([Rule(TENANT, ip_dst=host.ip, proto="udp", dport=PORT)])
+        # as the bare loop: copy mode, fed by the skb-mode steering program
         dp.use_afxdp_backend(host.ifname, 0, n_frames=N_FRAMES, ring_size=RING_SIZE,
-                             netns=host.netns)
+                             mode="skb", zerocopy=False, netns=host.netns)
         bed.steer.bind_xsk(0, dp.afxdp_fd)
         try:
             with dp.running():

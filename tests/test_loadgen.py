@@ -78,7 +78,8 @@ def echo_host(bed):
         dp.add_tenant(SPIN, TenantConfig(handler="spin", queue_cap=1024))
         dp.set_rules([Rule(ECHO, ip_dst=host.ip, proto="udp", dport=ECHO_PORT),
                       Rule(SPIN, ip_dst=host.ip, proto="udp", dport=SPIN_PORT)])
-        dp.use_afxdp_backend(host.ifname, 0, n_frames=4096, ring_size=1024, netns=host.netns)
+        dp.use_afxdp_backend(host.ifname, 0, n_frames=4096, ring_size=1024, mode="skb",
+                             netns=host.netns)
         steer = Steer(host.ifname, netns=host.netns, mode="skb")
         for port in (ECHO_PORT, SPIN_PORT):
             steer.add_rule(daddr=host.ip, proto="udp", dport=port)
