@@ -78,6 +78,7 @@ class Daemon:
         t0 = time.monotonic()
         self.state = State(cfg.state_dir)
         self.plane = Plane(cfg)
+        keep_off_core(self.plane.dp.core)
         self.plane.open_backend()
         self.plane.attach_slowpath(cfg.state_dir)  # HOOK: control.slowpath, when present
         gid = auth.admin_gid(cfg.admin_group)
@@ -134,6 +135,20 @@ class Daemon:
         if self.state is not None:
             self.state.close()
         log.info("stopped")
+
+
+def keep_off_core(core: int) -> None:
+    """The fast path busy-polls `core`. The daemon's own threads and the
+    compilers it runs for `prog.load` (bcc's clang, cc for aot: seconds of
+    CPU) would take that core from the loop and stretch every tenant's
+    tail, so they run on the other cores we may use, when there are any
+    (threads and children made from now on inherit this mask; the loop
+    thread pins itself)."""
+    others = os.sched_getaffinity(0) - {core}
+    if others:
+        os.sched_setaffinity(0, others)
+        log.info("daemon threads and compilers on cores %s, the fast path alone on %d",
+                 sorted(others), core)
 
 
 def main(argv=None) -> int:

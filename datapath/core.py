@@ -101,6 +101,7 @@ class Datapath:
         cfg.quantum_ns = int(quantum_us * 1000)
         cfg.rx_batch = rx_batch
         cfg.core = default_cores()[0] if core is None else core
+        self.core = cfg.core  # the loop's core (busy-polled while it runs)
         out = ffi.new("dp_t **")
         check(lib.dp_create(cfg, out), "creating the datapath")
         self._raw = out[0]
