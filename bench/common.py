@@ -60,3 +60,13 @@ def fmt_ratio(value: float) -> str:
     if math.isnan(value):
         return "-"
     return "inf" if math.isinf(value) else f"{value:.2f}x"
+
+
+def save_figure(fig, path: pathlib.Path) -> None:
+    """Lays out, writes (making the folder) and closes a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -31,11 +31,12 @@ import tomllib
 
 import click
 from rich import box
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
+from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, save_figure, write_json  # noqa: E402
 
 from datapath import Datapath, Flow, Rule, TenantConfig  # noqa: E402
 from datapath.errors import IsolaneError  # noqa: E402
@@ -300,10 +301,7 @@ def plot(path: pathlib.Path, scn: dict, runs: list[dict]) -> None:
                  f"aggressor {scn['aggressor']['cost_ns']:g} ns/pkt")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_all(console, scn: dict, handlers, todo: list, duration: float, wire) -> dict:

@@ -41,7 +41,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
-from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, write_json  # noqa: E402
+from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_us, ratio, save_figure, write_json  # noqa: E402
 
 from control import cli  # noqa: E402  (imported before any fork: children only run it)
 from control.client import Client  # noqa: E402
@@ -212,10 +212,7 @@ def plot(path: pathlib.Path, latencies: dict) -> None:
     ax.set_title("Victim tail with the aggressor on: no isolation vs time protection")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

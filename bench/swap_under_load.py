@@ -22,7 +22,6 @@ from __future__ import annotations
 import pathlib
 import sys
 import threading
-import time
 
 import click
 from rich import box

@@ -22,9 +22,12 @@ if os.environ.get("ISOLANE_SANITIZE") == "1":
     LDFLAGS += ["-fsanitize=address"]
 
 
-def cdef_text() -> str:
+def cdef_text(header: pathlib.Path = HEADER) -> str:
+    """The header as cffi's cdef: preprocessor lines dropped, except integer
+    `#define`s (with an optional trailing comment), which cffi understands.
+    bench/loadgen/build.py uses it for its own header."""
     lines = []
-    for line in HEADER.read_text().splitlines():
+    for line in header.read_text().splitlines():
         if line.startswith("#"):
             m = re.match(r"(#define \w+ (0x[0-9a-fA-F]+|\d+))\s*(/\*.*\*/)?$", line)
             if not m:

@@ -964,7 +964,7 @@ def _function(name: str, body: str, *, xdp: bool, checked: bool, has_calls: bool
     init = ["\tR.env = env; R.redirect = 0;\n",
             f"\tR.stack_hi = (uint64_t)(uintptr_t)(stack + {stack});\n",
             f"\tR.stack_lo = R.stack_hi - {STACK};\n",
-            f"\tr10 = R.stack_hi;\n"]
+            "\tr10 = R.stack_hi;\n"]
     if checked:
         init.append(f"\tmemset((void *)(uintptr_t)R.stack_lo, 0, {STACK});\n")
     if xdp:
@@ -1235,8 +1235,6 @@ class AotProgram:
         """(verdict, packet after the run) through run_fn, on a frame laid out
         as the fast path's (datapath/src/pkt.h: 2048 bytes, 64 of metadata,
         the packet at 320)."""
-        from datapath._dp import ffi as dp_ffi
-
         if self.run_fn is None:
             raise AotError("not an unchecked XDP-mode program")
         ffi, lib = self.module._ffi, self.module._lib

@@ -8,10 +8,14 @@ program's static bound, so a program that runs past its bound is stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from datapath.ebpf_engine import Map, MapType, Program
 
 from .program import TenantProgram
+
+if TYPE_CHECKING:
+    from .aot import AotProgram
 
 
 @dataclass

@@ -315,7 +315,7 @@ def test_echo_tcp(dp):
     frame = tcp_frame("10.0.0.1", dport=80, src="10.0.0.2", sport=1234)
     verdict, tenant, out = dp.process(frame)
     assert (verdict, tenant) == ("tx", 2)
-    a, b = Ether(frame), Ether(out)
+    b = Ether(out)
     assert (b[TCP].sport, b[TCP].dport) == (80, 1234)
     assert (b[IP].src, b[IP].dst) == ("10.0.0.1", "10.0.0.2")
     fresh = b.copy()

@@ -1,13 +1,13 @@
 """cffi builder (API mode) for the load generator's C loops.
 
 `loadgen.h` is both the C header and the cdef (its preprocessor lines are
-stripped here except integer `#define`s, as datapath/build.py does). The
+stripped except integer `#define`s, by datapath/build.py's rule). The
 probe header layout and the TSC clock come from the datapath's own
 headers and tsc.c, so generator and datapath agree on both. Run as a
 script to build `bench/loadgen/_loadgen*.so` in place (`make build` does).
 """
+import importlib.util
 import pathlib
-import re
 
 from cffi import FFI
 
@@ -22,20 +22,17 @@ CFLAGS = ["-O3", "-march=native", "-std=gnu11", "-Wall", "-Wno-unused-parameter"
 LDFLAGS = ["-pthread", "-lm", "-lxdp", "-lbpf"]
 
 
-def cdef_text() -> str:
-    lines = []
-    for line in HEADER.read_text().splitlines():
-        if line.startswith("#"):
-            m = re.match(r"(#define \w+ (0x[0-9a-fA-F]+|\d+))\s*(/\*.*\*/)?$", line)
-            if not m:
-                continue
-            line = m.group(1)
-        lines.append(line)
-    return "\n".join(lines)
+def _datapath_build():
+    """datapath/build.py as a module (not through the datapath package, whose
+    __init__ needs the extension this may be building alongside)."""
+    spec = importlib.util.spec_from_file_location("isolane_dp_build", DP / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_text())
+ffibuilder.cdef(_datapath_build().cdef_text(HEADER))
 ffibuilder.set_source(
     "bench.loadgen._loadgen",  # lands in bench/loadgen/; imported as `_loadgen`
     '#include "loadgen.h"\n',
