@@ -138,6 +138,23 @@ class Wire:
     queue: int = 0
 
     @classmethod
+    def interface(cls, ifname: str, dst_ip: str, dst_mac: str) -> "Wire":
+        """An interface of this namespace (e.g. eth1 of the generator VM),
+        its own MAC and first IPv4 address read from the kernel."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                raise ConfigError(f"no interface {ifname!r} here")
+            mac = ipr.get_links(links[0])[0].get_attr("IFLA_ADDRESS")
+            addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=links[0], family=2)]
+        if not addrs:
+            raise ConfigError(f"{ifname} has no IPv4 address to send from")
+        return cls(ifname=ifname, netns=None, src_mac=mac, src_ip=addrs[0], dst_mac=dst_mac,
+                   dst_ip=dst_ip)
+
+    @classmethod
     def testbed(cls, config=None, pair: int = 0) -> "Wire":
         """Pair `pair` of the testbed that `config` (a control.testbed
         TestbedConfig; default: control/testbed.toml) describes."""
@@ -572,6 +589,10 @@ Example: --flow name=victim,dport=7,rate=50000
     @click.option("--testbed-config", type=click.Path(exists=True, dir_okay=False),
                   help="Testbed TOML (default: control/testbed.toml); the wire is its pair.")
     @click.option("--pair", type=int, default=0, show_default=True, help="Testbed veth pair.")
+    @click.option("--ifname", help="Send from this interface instead of the testbed (e.g. eth1 "
+                  "between two machines); needs --dst-ip and --dst-mac.")
+    @click.option("--dst-ip", help="With --ifname: the isolane host's address.")
+    @click.option("--dst-mac", help="With --ifname: the isolane host's MAC (no ARP is done).")
     @click.option("--window-ms", type=float, default=10.0, show_default=True,
                   help="Window of the per-window latency series.")
     @click.option("--seed", type=int, default=1, show_default=True)
@@ -579,8 +600,8 @@ Example: --flow name=victim,dport=7,rate=50000
                   help="Write results (bench/contagion.py's per-tenant schema) as JSON.")
     @click.option("--hdr", "hdr_path", type=click.Path(dir_okay=False, path_type=pathlib.Path),
                   help="Write each flow's HdrHistogram percentile distribution (us) here.")
-    def cli(flow_specs, duration, drain, io, xdp_mode, core, testbed_config, pair, window_ms,
-            seed, json_path, hdr_path):
+    def cli(flow_specs, duration, drain, io, xdp_mode, core, testbed_config, pair, ifname,
+            dst_ip, dst_mac, window_ms, seed, json_path, hdr_path):
         """Open-loop UDP load over the testbed's wire, latency from the intended
         send time, lost packets counted as infinitely late.
 
@@ -596,7 +617,12 @@ Example: --flow name=victim,dport=7,rate=50000
 
         console = make_console()
         try:
-            wire = Wire.testbed(TestbedConfig.load(testbed_config), pair)
+            if ifname:
+                if not (dst_ip and dst_mac):
+                    raise click.UsageError("--ifname needs --dst-ip and --dst-mac")
+                wire = Wire.interface(ifname, dst_ip, dst_mac)
+            else:
+                wire = Wire.testbed(TestbedConfig.load(testbed_config), pair)
             flows = [parse_flow(s, wire, i) for i, s in enumerate(flow_specs)] or \
                 [LoadFlow("flow0", dst=wire.dst_ip, dport=7, rate_pps=10_000)]
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
