@@ -28,7 +28,7 @@ class WireRunner:
 
     def __init__(self, scn: dict, testbed_config: str | None = None):
         self.config = TestbedConfig.load(testbed_config)
-        self.up = Testbed(self.config).up()
+        Testbed(self.config).up()
         self.host = self.config.pair_specs()[0].host
         self.wire = loadgen.Wire.testbed(self.config)
         self.loop_core, self.gen_core = default_cores()
@@ -57,7 +57,10 @@ class WireRunner:
             tick) -> dict[str, dict]:
         """Sends `flows` through `dp` (tenants and rules already set) for
         `duration` seconds; per flow name, contagion's per-tenant dict."""
-        dp.use_afxdp_backend(self.host.ifname, QUEUE, netns=self.host.netns)
+        # skb copy mode, as the steering program is attached (veth would
+        # give native mode; the generic path is what every driver has)
+        dp.use_afxdp_backend(self.host.ifname, QUEUE, netns=self.host.netns, mode="skb",
+                             zerocopy=False)
         self.steer.bind_xsk(QUEUE, dp.afxdp_fd)
         try:
             with dp.running():
