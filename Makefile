@@ -145,12 +145,15 @@ test: setup build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # The suite against an AddressSanitizer build of the fast path; `make build`
-# afterwards returns to the optimised one.
+# afterwards returns to the optimised one. The demo's test is left out: its
+# plot goes through matplotlib's ft2font, whose C++ exceptions trip an ASan
+# CHECK in __cxa_throw's interceptor when the runtime is preloaded (not our
+# code; the demo's datapath paths are all run by other tests).
 test-asan: setup
 	rm -f datapath/$(DP_MODULE).*.so
 	ISOLANE_SANITIZE=1 $(PY) datapath/build.py
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-		$(PY) -m pytest tests $(PYTEST_ARGS)
+		$(PY) -m pytest tests --deselect tests/test_demo.py $(PYTEST_ARGS)
 	rm -f datapath/$(DP_MODULE).*.so
 
 # The product end to end: testbed, isolaned, two tenants registered by two
