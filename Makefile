@@ -152,9 +152,11 @@ test: setup build
 test-asan: setup
 	rm -f datapath/$(DP_MODULE).*.so
 	ISOLANE_SANITIZE=1 $(PY) datapath/build.py
-	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-		$(PY) -m pytest tests --deselect tests/test_demo.py $(PYTEST_ARGS)
-	rm -f datapath/$(DP_MODULE).*.so
+	@# the sanitized module is removed even when a test fails: left behind, it
+	@# would look up to date to `make build` and fail every import without ASan
+	status=0; LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+		$(PY) -m pytest tests --deselect tests/test_demo.py $(PYTEST_ARGS) || status=$$?; \
+	rm -f datapath/$(DP_MODULE).*.so; exit $$status
 
 # The product end to end: testbed, isolaned, two tenants registered by two
 # unix users through the CLI, the load generator without and with time
