@@ -35,7 +35,7 @@ DP_SOURCES := datapath/build.py $(wildcard datapath/include/*.h datapath/src/*.c
 # The load generator's C loops (bench/loadgen/build.py), built beside them;
 # they share the datapath's probe header and TSC calibration.
 LG_EXT     := bench/loadgen/_loadgen$(EXT_SUFFIX)
-LG_SOURCES := bench/loadgen/build.py datapath/include/isolane_dp.h datapath/src/tsc.c \
+LG_SOURCES := bench/loadgen/build.py datapath/include/isolane_dp.h datapath/src/tsc.c datapath/src/arrivals.h \
 	$(filter-out bench/loadgen/_loadgen.c,$(wildcard bench/loadgen/*.c bench/loadgen/*.h))
 
 PYTEST_ARGS ?=

@@ -34,6 +34,7 @@
 #include <linux/if_packet.h>
 #include <sys/socket.h>
 
+#include "arrivals.h"
 #include "gen_prog.h"
 #include "isolane_dp.h"
 #include "loadgen.h"
@@ -47,12 +48,13 @@
 #define SEQ_MASK ((1ull << LG_SEQ_BITS) - 1)
 
 _Static_assert(sizeof(struct dp_probe) == 24, "the probe header is 24 bytes");
+_Static_assert(LG_ARRIVAL_POISSON == DP_ARRIVAL_POISSON && LG_ARRIVAL_ONOFF == DP_ARRIVAL_ONOFF &&
+	       LG_ARRIVAL_UNIFORM == DP_ARRIVAL_UNIFORM && LG_ARRIVAL_SATURATE == DP_ARRIVAL_SATURATE,
+	       "LG_ARRIVAL_* are the datapath's arrival kinds (arrivals.h)");
 
 struct gen_flow {
 	struct lg_flow spec;
-	double gap_cycles;     /* mean inter-arrival time */
-	uint64_t next;         /* intended time of the next arrival */
-	uint64_t on_until, on_cycles, off_cycles;
+	struct arrivals arr;   /* the datapath's arrival processes (arrivals.h) */
 	struct lg_flow_stats st;
 };
 
@@ -84,35 +86,6 @@ struct lg {
 	struct lg_stats st;
 };
 
-/* ---------------------------------------------------------------- arrivals */
-
-static double uniform01(struct lg *lg)
-{
-	lg->rng ^= lg->rng >> 12;
-	lg->rng ^= lg->rng << 25;
-	lg->rng ^= lg->rng >> 27;
-	return ((lg->rng * 0x2545f4914f6cdd1dull >> 11) + 1) * 0x1.0p-53;
-}
-
-static void advance(struct lg *lg, struct gen_flow *f, uint64_t now)
-{
-	switch (f->spec.arrival) {
-	case LG_ARRIVAL_SATURATE:
-		f->next = now;
-		return;
-	case LG_ARRIVAL_UNIFORM:
-		f->next += (uint64_t)f->gap_cycles;
-		return;
-	default:
-		f->next += (uint64_t)(-log(uniform01(lg)) * f->gap_cycles);
-	}
-	/* on/off: arrivals that would fall in the off period move past it */
-	while (f->spec.arrival == LG_ARRIVAL_ONOFF && f->next >= f->on_until) {
-		f->next += f->off_cycles;
-		f->on_until += f->on_cycles + f->off_cycles;
-	}
-}
-
 /* due arrivals, at most `room`, one per flow per pass */
 static noinline uint32_t collect_due(struct lg *lg, uint64_t now, uint64_t end,
 				     struct due *out, uint32_t room)
@@ -127,9 +100,9 @@ static noinline uint32_t collect_due(struct lg *lg, uint64_t now, uint64_t end,
 			struct gen_flow *f = &lg->flows[i];
 			uint64_t t;
 
-			if (f->next > now || f->next >= end || f->st.full)
+			if (f->arr.next > now || f->arr.next >= end || f->st.full)
 				continue;
-			t = f->spec.arrival == LG_ARRIVAL_SATURATE ? now : f->next;
+			t = f->spec.arrival == LG_ARRIVAL_SATURATE ? now : f->arr.next;
 			if (now - t > late_cycles)
 				f->st.late++;
 			out[n].flow = i;
@@ -138,7 +111,7 @@ static noinline uint32_t collect_due(struct lg *lg, uint64_t now, uint64_t end,
 			f->spec.t_sent[f->st.sent] = t;
 			if (++f->st.sent == f->spec.capacity)
 				f->st.full = 1;
-			advance(lg, f, now);
+			arrivals_advance(&f->arr, &lg->rng, now);
 			n++;
 			progress = true;
 		}
@@ -376,7 +349,7 @@ static bool backlog(const struct lg *lg, uint64_t now, uint64_t end)
 	for (uint32_t i = 0; i < lg->n_flows; i++) {
 		const struct gen_flow *f = &lg->flows[i];
 
-		if (!f->st.full && f->next < end && f->spec.arrival != LG_ARRIVAL_SATURATE)
+		if (!f->st.full && f->arr.next < end && f->spec.arrival != LG_ARRIVAL_SATURATE)
 			return true;
 	}
 	return false;
@@ -393,14 +366,8 @@ static void run(struct lg *lg)
 
 	sched_times(&run0, &wait0);
 
-	for (uint32_t i = 0; i < lg->n_flows; i++) {
-		struct gen_flow *f = &lg->flows[i];
-
-		f->next = start;
-		f->on_until = start + f->on_cycles;
-		if (f->spec.arrival == LG_ARRIVAL_POISSON || f->spec.arrival == LG_ARRIVAL_ONOFF)
-			advance(lg, f, start);
-	}
+	for (uint32_t i = 0; i < lg->n_flows; i++)
+		arrivals_start(&lg->flows[i].arr, &lg->rng, start);
 	lg->st.t_start = start;
 	for (;;) {
 		uint64_t now = rdtsc();
@@ -534,9 +501,8 @@ int lg_start(const struct lg_config *cfg, struct lg_flow *flows, uint32_t n_flow
 		struct gen_flow *f = &lg->flows[i];
 
 		f->spec = flows[i];
-		f->gap_cycles = f->spec.arrival == LG_ARRIVAL_SATURATE ? 0 : hz / f->spec.rate_pps;
-		f->on_cycles = (uint64_t)(f->spec.on_us * hz / 1e6);
-		f->off_cycles = (uint64_t)(f->spec.off_us * hz / 1e6);
+		arrivals_init(&f->arr, f->spec.arrival, f->spec.rate_pps, f->spec.on_us,
+			      f->spec.off_us, hz);
 		memset(f->spec.t_recv, 0, f->spec.capacity * sizeof(uint64_t));
 	}
 	lg->err = err;

@@ -14,12 +14,12 @@
  * tenants' slow-path sends. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
+#include "arrivals.h"
 #include "internal.h"
 #include "spsc.h"
 #include "tsc.h"
@@ -31,11 +31,7 @@
 struct mem_flow {
 	uint8_t *tmpl;
 	uint32_t len;
-	uint32_t arrival;
-	double gap_cycles;     /* mean inter-arrival time */
-	uint64_t on_cycles, off_cycles;
-	uint64_t next;         /* intended time of the next arrival */
-	uint64_t on_until;
+	struct arrivals arr;
 	struct dp_flow_stats st;
 };
 
@@ -121,40 +117,12 @@ static uint32_t mem_alloc_burst(struct backend *b, struct pkt **pkts, uint32_t n
 	return n;
 }
 
-/* uniform in (0, 1]: xorshift64* */
-static inline double uniform(struct mem_backend *m)
-{
-	m->rng ^= m->rng >> 12;
-	m->rng ^= m->rng << 25;
-	m->rng ^= m->rng >> 27;
-	return ((m->rng * 0x2545f4914f6cdd1dull >> 11) + 1) * 0x1.0p-53;
-}
-
-static void advance(struct mem_backend *m, struct mem_flow *f, uint64_t now)
-{
-	switch (f->arrival) {
-	case DP_ARRIVAL_SATURATE:
-		f->next = now;
-		return;
-	case DP_ARRIVAL_UNIFORM:
-		f->next += (uint64_t)f->gap_cycles;
-		return;
-	default:
-		f->next += (uint64_t)(-log(uniform(m)) * f->gap_cycles);
-	}
-	/* on/off: arrivals that would fall in the off period move past it */
-	while (f->arrival == DP_ARRIVAL_ONOFF && f->next >= f->on_until) {
-		f->next += f->off_cycles;
-		f->on_until += f->on_cycles + f->off_cycles;
-	}
-}
-
 static always_inline void emit(struct mem_flow *f, struct pkt *p, uint16_t flow, uint64_t now)
 {
 	p->off = PKT_DATA_OFF;
 	p->len = f->len;
 	p->flow = flow;
-	p->ts_intended = f->arrival == DP_ARRIVAL_SATURATE ? now : f->next;
+	p->ts_intended = f->arr.kind == DP_ARRIVAL_SATURATE ? now : f->arr.next;
 	memcpy(pkt_data(p), f->tmpl, f->len);
 }
 
@@ -166,14 +134,8 @@ static void *generator(void *arg)
 	const uint64_t late_cycles = ns_to_cycles(LATE_NS);
 	struct pkt *batch[GEN_BATCH];
 
-	for (uint32_t i = 0; i < m->n_flows; i++) {
-		struct mem_flow *f = &m->flows[i];
-
-		f->next = start;
-		f->on_until = start + f->on_cycles;
-		if (f->arrival == DP_ARRIVAL_POISSON || f->arrival == DP_ARRIVAL_ONOFF)
-			advance(m, f, start);
-	}
+	for (uint32_t i = 0; i < m->n_flows; i++)
+		arrivals_start(&m->flows[i].arr, &m->rng, start);
 	while (!__atomic_load_n(&m->stop, __ATOMIC_ACQUIRE)) {
 		uint32_t nb = 0, pushed, limit = GEN_BATCH;
 		uint64_t now;
@@ -189,7 +151,7 @@ static void *generator(void *arg)
 		/* due arrivals, one per flow per round so flows interleave; a
 		 * saturating flow only fills what the ring can take */
 		for (uint32_t i = 0; i < m->n_flows; i++) {
-			if (m->flows[i].arrival == DP_ARRIVAL_SATURATE) {
+			if (m->flows[i].arr.kind == DP_ARRIVAL_SATURATE) {
 				uint32_t room = spsc_room(&m->rx); /* once: MIN() reads twice */
 
 				limit = MIN(GEN_BATCH, room);
@@ -204,11 +166,11 @@ static void *generator(void *arg)
 				struct mem_flow *f = &m->flows[i];
 
 				m->cursor = i + 1 == m->n_flows ? 0 : i + 1;
-				if (f->next > now)
+				if (f->arr.next > now)
 					continue;
 				progress = true;
 				__atomic_store_n(&f->st.sent, f->st.sent + 1, __ATOMIC_RELAXED);
-				if (unlikely(now - f->next > late_cycles))
+				if (unlikely(now - f->arr.next > late_cycles))
 					__atomic_store_n(&f->st.late, f->st.late + 1, __ATOMIC_RELAXED);
 				if (unlikely(!m->n_free)) {
 					__atomic_store_n(&f->st.dropped, f->st.dropped + 1,
@@ -217,7 +179,7 @@ static void *generator(void *arg)
 					batch[nb] = m->free[--m->n_free];
 					emit(f, batch[nb++], (uint16_t)i, now);
 				}
-				advance(m, f, now);
+				arrivals_advance(&f->arr, &m->rng, now);
 			}
 		}
 		if (!nb)
@@ -321,10 +283,7 @@ static int flow_init(struct mem_flow *f, const struct dp_mem_flow *spec, double 
 		return -ENOMEM;
 	memcpy(f->tmpl, spec->frame, spec->len);
 	f->len = spec->len;
-	f->arrival = spec->arrival;
-	f->gap_cycles = spec->arrival == DP_ARRIVAL_SATURATE ? 0 : hz / spec->rate_pps;
-	f->on_cycles = (uint64_t)(spec->on_us * hz / 1e6);
-	f->off_cycles = (uint64_t)(spec->off_us * hz / 1e6);
+	arrivals_init(&f->arr, spec->arrival, spec->rate_pps, spec->on_us, spec->off_us, hz);
 	return 0;
 }
 
