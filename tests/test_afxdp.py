@@ -29,7 +29,7 @@ from datapath._dp import ffi, lib  # noqa: E402
 from datapath.errors import BackendError, ConfigError  # noqa: E402
 from ebpf import steer as steer_mod  # noqa: E402
 from ebpf.steer import Steer, attached_programs  # noqa: E402
-from vethpair import VethPair  # noqa: E402
+from vethpair import VethPair, two_queue_pair  # noqa: E402
 
 H_IP, G_IP = "10.97.0.1", "10.97.0.2"
 TENANT = 1
@@ -274,15 +274,8 @@ MQ_H_IP, MQ_G_IP = "10.97.1.1", "10.97.1.2"
 
 @pytest.fixture
 def mqnet(request):
-    """A veth pair with two receive and two transmit queues on each end."""
-    if os.geteuid() != 0:
-        pytest.fail("test_afxdp needs root (netns, veth, XDP, AF_XDP)")
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.fail("sending on veth queue 1 needs two CPUs (see VethPair.send)")
-    n = VethPair(f"mq-{os.getpid()}", MQ_H_IP, MQ_G_IP, host_if="mqh", peer_if="mqg",
-                 expect_timeout=2.0, queues=2)
-    request.addfinalizer(n.close)
-    return n
+    return two_queue_pair(request, f"mq-{os.getpid()}", MQ_H_IP, MQ_G_IP, host_if="mqh",
+                          peer_if="mqg")
 
 
 def _mq_udp(net, sport, payload):

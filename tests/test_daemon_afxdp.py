@@ -22,7 +22,7 @@ from control.daemon_proc import LocalDaemon
 from ebpf.steer import attached_programs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vethpair import VethPair  # noqa: E402
+from vethpair import VethPair, two_queue_pair  # noqa: E402
 
 pytestmark = [pytest.mark.integration]
 
@@ -178,15 +178,8 @@ Q_H_IP, Q_P_IP = "10.98.1.1", "10.98.1.2"
 
 @pytest.fixture
 def mqnet(request):
-    """A veth pair with two receive and two transmit queues on each end."""
-    if os.geteuid() != 0:
-        pytest.fail("needs root (netns, veth, XDP, AF_XDP)")
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.fail("sending on veth queue 1 needs two CPUs (see VethPair.send)")
-    n = VethPair(f"isldq-{os.getpid()}", Q_H_IP, Q_P_IP, host_if="ldqh", peer_if="ldqp",
-                 expect_timeout=2.0, queues=2)
-    request.addfinalizer(n.close)
-    return n
+    return two_queue_pair(request, f"isldq-{os.getpid()}", Q_H_IP, Q_P_IP, host_if="ldqh",
+                          peer_if="ldqp")
 
 
 @pytest.fixture

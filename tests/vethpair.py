@@ -136,3 +136,22 @@ class VethPair:
             if match(pkt):
                 return pkt
         return None
+
+
+def two_queue_pair(request, name: str, host_ip: str, peer_ip: str, *, host_if: str,
+                   peer_if: str) -> VethPair:
+    """A VethPair with two receive and two transmit queues on each end,
+    closed after the test (`request`: the fixture's). Fails, never skips,
+    without root, or with one CPU: sending on queue 1 takes a second one
+    (see VethPair.send)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (netns, veth, XDP, AF_XDP)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("sending on veth queue 1 needs two CPUs (see VethPair.send)")
+    net = VethPair(name, host_ip, peer_ip, host_if=host_if, peer_if=peer_if,
+                   expect_timeout=2.0, queues=2)
+    request.addfinalizer(net.close)
+    return net
+
