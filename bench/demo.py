@@ -45,7 +45,7 @@ from common import RESULTS, console as make_console, fmt_count, fmt_ratio, fmt_u
 
 from control import cli  # noqa: E402  (imported before any fork: children only run it)
 from control.client import Client  # noqa: E402
-from control.daemon_proc import LocalDaemon  # noqa: E402
+from control.daemon_proc import LocalDaemon, interface_toml  # noqa: E402
 from control.testbed import Testbed, TestbedConfig  # noqa: E402
 from datapath import default_cores  # noqa: E402
 from datapath.probe import udp_frame  # noqa: E402
@@ -245,8 +245,7 @@ def main(duration, keep, json_path, plot_path):
         aggressor_pps = AGGRESSOR_LOAD * 1e9 / cost_ns
         console.print(f"hasher on the interpreter: {cost_ns / 1e3:.1f} us per {AGGRESSOR_SIZE} B "
                       f"packet, so {aggressor_pps / 1e3:.0f} kpps is {AGGRESSOR_LOAD:g}x the core")
-        interfaces = (f'\n[[interfaces]]\nifname = "{spec.host.ifname}"\nqueues = [0]\n'
-                      f'netns = "{spec.host.netns}"\nmode = "skb"\n')
+        interfaces = interface_toml(spec.host.ifname, spec.host.netns)
         for i, policy in enumerate(POLICIES):
             console.rule(f"isolaned, policy {policy}")
             daemon = LocalDaemon(work / "daemon", backend="afxdp", policy=policy,

@@ -34,7 +34,7 @@ import loadgen  # noqa: E402
 from common import RESULTS, console as make_console, fmt_count, fmt_us, write_json  # noqa: E402
 
 from control.client import Client  # noqa: E402
-from control.daemon_proc import LocalDaemon  # noqa: E402
+from control.daemon_proc import LocalDaemon, interface_toml  # noqa: E402
 from control.testbed import Testbed, TestbedConfig  # noqa: E402
 from datapath import default_cores  # noqa: E402
 
@@ -86,8 +86,7 @@ def main(rate, duration, reps, json_path):
     spec = config.pair_specs()[0]
     wire = loadgen.Wire.testbed(config)
     loop_core, gen_core = default_cores()
-    interfaces = (f'\n[[interfaces]]\nifname = "{spec.host.ifname}"\nqueues = [0]\n'
-                  f'netns = "{spec.host.netns}"\nmode = "skb"\n')
+    interfaces = interface_toml(spec.host.ifname, spec.host.netns)
     rounds = []
     with LocalDaemon(backend="afxdp", policy="cycles", core=loop_core,
                      extra_toml=interfaces) as d:

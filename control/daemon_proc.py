@@ -7,6 +7,7 @@ stopped with SIGTERM or killed. For the tests, the benchmarks and demos.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def interface_toml(ifname: str, netns: str | None = None, queues=(0,), mode: str = "skb") -> str:
+    """The `[[interfaces]]` table of an afxdp daemon's config (for
+    LocalDaemon's extra_toml); `queues` is a list of indexes or a count."""
+    queues = list(queues) if not isinstance(queues, int) else queues
+    lines = ["[[interfaces]]", f"ifname = {json.dumps(ifname)}", f"queues = {json.dumps(queues)}",
+             f"mode = {json.dumps(mode)}"]
+    if netns:
+        lines.append(f"netns = {json.dumps(netns)}")
+    return "\n" + "\n".join(lines) + "\n"
 
 
 class DaemonFailed(RuntimeError):

@@ -18,7 +18,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 
 from control.client import Client
-from control.daemon_proc import LocalDaemon
+from control.daemon_proc import LocalDaemon, interface_toml
 from ebpf.steer import attached_programs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,9 +49,7 @@ def _free_port() -> int:
 @pytest.fixture
 def daemon(net, tmp_path):
     d = LocalDaemon(tmp_path / "d", backend="afxdp", metrics=f"127.0.0.1:{_free_port()}",
-                    extra_toml=(
-        f'[[interfaces]]\nifname = "{net.if_host}"\nqueues = [0]\nnetns = "{net.ns_host}"\n'
-        'mode = "skb"\n'))
+                    extra_toml=interface_toml(net.if_host, net.ns_host))
     yield d
     d.cleanup()
 
@@ -185,9 +183,9 @@ def mqnet(request):
 @pytest.fixture
 def mqdaemon(mqnet, tmp_path):
     # native: veth reports a frame's receive queue to XDP only in native mode
-    d = LocalDaemon(tmp_path / "d", backend="afxdp", extra_toml=(
-        f'[[interfaces]]\nifname = "{mqnet.if_host}"\nqueues = 2\nnetns = "{mqnet.ns_host}"\n'
-        'mode = "native"\n'))
+    d = LocalDaemon(tmp_path / "d", backend="afxdp",
+                    extra_toml=interface_toml(mqnet.if_host, mqnet.ns_host, queues=2,
+                                              mode="native"))
     yield d
     d.cleanup()
 
